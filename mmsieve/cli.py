@@ -1,0 +1,202 @@
+"""The `mmsieve` command.
+
+    mmsieve filter --input SRC --output DIR [--kind auto|caption|interleaved|conversation]
+                   [--columns image=COL,text=COL] [--split NAME] [--limit N] [--tasks N] [--workers N]
+    mmsieve demo [--output DIR]
+
+A bad argument or an unreadable input prints one line on stderr and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one clear line instead of usage + error
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("input and output")
+    group.add_argument(
+        "--input",
+        "-i",
+        required=True,
+        metavar="SRC",
+        help="Hub dataset id, local parquet/jsonl folder or file, or a save_to_disk folder",
+    )
+    group.add_argument("--output", "-o", required=True, metavar="DIR", help="receives kept/, removed/ and stats.json")
+    group.add_argument(
+        "--kind",
+        default="auto",
+        help="auto (default), caption, interleaved, conversation, or a format: caption, obelics, finevision, llava",
+    )
+    group.add_argument(
+        "--columns", default=None, metavar="ROLE=COL,...", help="column names for the roles, e.g. image=jpg,text=alt"
+    )
+    group.add_argument("--split", default=None, help="split to read (default: train, or the only split)")
+    group.add_argument("--config", default=None, help="Hub dataset configuration (subset)")
+    group.add_argument("--limit", type=_positive, default=None, metavar="N", help="read only the first N rows")
+    group.add_argument("--tasks", type=_positive, default=1, metavar="N", help="datatrove tasks (shards); default 1")
+    group.add_argument(
+        "--workers", type=_positive, default=1, metavar="N", help="parallel worker processes; default 1"
+    )
+    group.add_argument("--overwrite", action="store_true", help="replace DIR if it already holds results")
+    group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    group.add_argument(
+        "--verbose", action="store_true", help="print datatrove's task logs (always kept in DIR/datatrove/logs/)"
+    )
+
+
+def _add_hygiene_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("hygiene thresholds (defaults in parentheses)")
+    group.add_argument("--min-side", type=int, default=32, help="minimum shorter image side in pixels (32)")
+    group.add_argument("--max-aspect-ratio", type=float, default=3.0, help="maximum longer/shorter side (3.0)")
+    group.add_argument("--max-pixels", type=int, default=None, help="decompression-bomb guard (89,478,485)")
+    group.add_argument("--min-chars", type=int, default=1, help="minimum text characters (1)")
+    group.add_argument(
+        "--max-chars",
+        type=int,
+        default=None,
+        help="maximum text characters (per kind: caption 4,000, interleaved 400,000)",
+    )
+    group.add_argument("--min-tokens", type=int, default=None, help="minimum approximate tokens (none)")
+    group.add_argument(
+        "--max-tokens", type=int, default=None, help="maximum approximate tokens (8,192 per conversation turn)"
+    )
+    group.add_argument(
+        "--min-images",
+        type=int,
+        default=None,
+        help="minimum images (per kind: caption 1, interleaved 1, conversation 0)",
+    )
+    group.add_argument(
+        "--max-images",
+        type=int,
+        default=None,
+        help="maximum images (per kind: caption 1, interleaved 30, conversation 16)",
+    )
+    group.add_argument("--min-turns", type=int, default=1, help="minimum conversation turns (1)")
+    group.add_argument("--max-turns", type=int, default=None, help="maximum conversation turns (none)")
+    group.add_argument("--no-verify-images", action="store_true", help="read image headers only; skip full decoding")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `mmsieve` command (exposed for tests and docs)."""
+    parser = _Parser(
+        prog="mmsieve", description="Curate multimodal training data: filter, score, deduplicate, publish."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p_filter = sub.add_parser(
+        "filter",
+        help="drop broken or malformed samples (hygiene checks), keeping the rest",
+        description="Run the hygiene checks over a dataset: kept/ and removed/ parquet (with mmsieve_reason) and stats.json.",
+    )
+    _add_source_arguments(p_filter)
+    _add_hygiene_arguments(p_filter)
+    p_demo = sub.add_parser(
+        "demo", help="build the demo set from photos shipped in scikit-image and run the pipeline on it"
+    )
+    p_demo.add_argument(
+        "--output", "-o", default="demo_output", metavar="DIR", help="demo folder (default demo_output)"
+    )
+    return parser
+
+
+def _hygiene_config(args: argparse.Namespace) -> dict[str, Any]:
+    names = ["min_side", "max_aspect_ratio", "max_pixels", "min_chars", "max_chars", "min_tokens", "max_tokens"]
+    names += ["min_images", "max_images", "min_turns", "max_turns"]
+    config = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    config["verify_images"] = not args.no_verify_images
+    return config
+
+
+def _print_summary(stats: dict[str, Any]) -> None:
+    print(
+        f"rows in {stats['rows_in']}, kept {stats['kept']}, removed {stats['removed']} ({stats['rows_per_second']} rows/s)"
+    )
+    for reason, count in stats["removed_by_reason"].items():
+        print(f"  {reason:<24} {count}")
+    print(f"kept:    {stats['outputs']['kept']}\nremoved: {stats['outputs']['removed']}")
+
+
+def _run_filter(args: argparse.Namespace) -> int:
+    from mmsieve.filters import HygieneFilter
+    from mmsieve.runner import run_steps
+    from mmsieve.schemas import parse_columns
+
+    columns = parse_columns(args.columns) if args.columns else None
+    try:
+        step = HygieneFilter(**_hygiene_config(args))
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    stats = run_steps(
+        args.input,
+        args.output,
+        [step],
+        kind=args.kind,
+        columns=columns,
+        split=args.split,
+        config=args.config,
+        limit=args.limit,
+        tasks=args.tasks,
+        workers=args.workers,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        overwrite=args.overwrite,
+        verbose=args.verbose,
+    )
+    _print_summary(stats)
+    print(f"stats:   {os.path.join(args.output, 'stats.json')}")
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from mmsieve.demo import run_demo
+
+    report = run_demo(args.output)
+    print(json.dumps(report["summary"]))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `mmsieve` console script; returns the exit code."""
+    from mmsieve.hub.sources import SourceError
+    from mmsieve.runner import OutputExistsError
+    from mmsieve.schemas import SchemaError
+
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "filter":
+            return _run_filter(args)
+        return _run_demo(args)
+    except (CliError, SourceError, SchemaError, OutputExistsError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"mmsieve {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

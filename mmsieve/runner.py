@@ -1,0 +1,200 @@
+"""Run steps over a source with datatrove and write `kept/`, `removed/` and `stats.json`.
+
+This is what `mmsieve filter` (and later `score`, `dedup`, ...) runs: a plain datatrove pipeline,
+`[SampleReader, *steps, SampleWriter(kept)]`, where every filter step gets its own exclusion writer
+into `removed/`. The stats of all tasks are merged into one `stats.json`: rows in, kept, removed by
+reason, the steps with their parameters, and throughput. Rows in always equal kept + removed.
+
+Example:
+    >>> from mmsieve.filters import HygieneFilter
+    >>> stats = run_steps("captions/", "out/", [HygieneFilter(min_side=64)], tasks=2, workers=2)  # doctest: +SKIP
+    >>> stats["rows_in"] == stats["kept"] + stats["removed"]  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import platform
+import re
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mmsieve.readers import SampleReader
+from mmsieve.steps import SampleStep
+from mmsieve.writers import SampleWriter, output_features
+
+
+class _Discard(io.TextIOBase):
+    """A stderr stand-in that drops everything (never closed, so loguru handlers bound to it stay valid)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+@contextlib.contextmanager
+def _silent_console() -> Any:
+    """Silence datatrove's console logging in this process; restore a plain stderr handler afterwards."""
+    from loguru import logger
+
+    logger.remove()
+    try:
+        with contextlib.redirect_stderr(_Discard()):
+            yield
+    finally:
+        logger.remove()
+        logger.add(sys.stderr, level="WARNING")
+
+
+def _quiet_executor_class() -> type:
+    from datatrove.executor import LocalPipelineExecutor
+
+    class QuietLocalExecutor(LocalPipelineExecutor):
+        """datatrove's local executor with its per-task console log silenced (the task log files keep it all)."""
+
+        def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1) -> Any:
+            with contextlib.redirect_stderr(_Discard()):
+                return super()._run_for_rank(rank, local_rank, node_rank)
+
+    return QuietLocalExecutor
+
+
+class OutputExistsError(FileExistsError):
+    """The output folder already holds results; pass `overwrite=True` (`--overwrite`) to replace them."""
+
+
+def _slug(step: Any) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", type(step).__name__.lower()).strip("_")
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("mmsieve", "datatrove", "datasets", "huggingface_hub", "transformers", "torch", "pillow"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _step_stats(pipeline_stats: Any, step: Any) -> dict[str, float]:
+    for stats in pipeline_stats.stats:
+        if stats.name == str(step):
+            return {name: metric.total for name, metric in stats.stats.items()}
+    return {}
+
+
+def run_steps(
+    source: str,
+    output: str | Path,
+    steps: Sequence[SampleStep],
+    *,
+    kind: str = "auto",
+    columns: Mapping[str, str] | None = None,
+    split: str | None = None,
+    config: str | None = None,
+    limit: int | None = None,
+    tasks: int = 1,
+    workers: int = 1,
+    progress: bool = False,
+    overwrite: bool = False,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Run `steps` over `source` and write the results to `output`; return the merged stats.
+
+    Args:
+        source: a Hub dataset id, local parquet/jsonl shards or a `save_to_disk` folder.
+        output: folder that receives `kept/`, `removed/`, `stats.json` and datatrove's `datatrove/` logs.
+        steps: mmsieve steps (filters drop into `removed/`, scorers only add columns).
+        kind / columns: schema detection hints (see `mmsieve.schemas.detect_schema`).
+        split / config: which part of the source to read.
+        limit: read only the first `limit` rows.
+        tasks / workers: datatrove tasks (shards) and parallel worker processes.
+        progress: show a progress bar per task.
+        overwrite: replace an existing output folder instead of refusing.
+        verbose: print datatrove's task logs on the console (they always go to `output/datatrove/logs/`).
+
+    Raises:
+        mmsieve.hub.SourceError / mmsieve.schemas.SchemaError: the source cannot be read.
+        OutputExistsError: `output` holds results and `overwrite` is False.
+    """
+    from datatrove.executor import LocalPipelineExecutor
+
+    executor_class = LocalPipelineExecutor if verbose else _quiet_executor_class()
+    out = Path(output)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(f"{out} is not empty; pass --overwrite to replace it")
+        shutil.rmtree(out)
+    reader = SampleReader(
+        source, kind=kind, columns=columns, split=split, config=config, limit=limit, progress=progress
+    )
+    dataset, schema = reader.open()  # fail fast, in this process, with a clear message
+    reader.schema = schema
+    rows = len(dataset)
+    step_features: dict[str, Any] = {}
+    for step in steps:
+        step_features.update(step.output_features())
+    for position, step in enumerate(steps):
+        if step.is_filter:
+            step.exclusion_writer = SampleWriter(
+                out / "removed",
+                schema,
+                output_features(dataset.features, schema, step_features, with_reason=True),
+                with_reason=True,
+                output_filename=f"{position:02d}_{_slug(step)}_${{rank}}.parquet",
+            )
+    kept_writer = SampleWriter(out / "kept", schema, output_features(dataset.features, schema, step_features, False))
+    tasks = max(1, min(tasks, rows))
+    executor = executor_class(
+        pipeline=[reader, *steps, kept_writer],
+        tasks=tasks,
+        workers=max(1, min(workers, tasks)),
+        logging_dir=str(out / "datatrove"),  # task logs, per-task stats, completion markers
+        skip_completed=False,
+    )
+    started = time.perf_counter()
+    with contextlib.nullcontext() if verbose else _silent_console():
+        pipeline_stats = executor.run()
+    seconds = time.perf_counter() - started
+
+    removed: Counter[str] = Counter()
+    step_reports = []
+    for step in steps:
+        counts = _step_stats(pipeline_stats, step)
+        dropped = {k[len("dropped_") :]: int(v) for k, v in counts.items() if k.startswith("dropped_")}
+        removed.update(dropped)
+        parameters = step.parameters() if hasattr(step, "parameters") else {}
+        step_reports.append({"step": type(step).__name__, "parameters": parameters, "removed": dropped})
+    rows_in = int(_step_stats(pipeline_stats, reader).get("documents", 0))
+    kept = int(_step_stats(pipeline_stats, kept_writer).get("total", 0))
+    stats = {
+        "source": source,
+        "split": split,
+        "config": config,
+        "kind": schema.kind,
+        "format": schema.format,
+        "columns": dict(schema.columns),
+        "rows_in": rows_in,
+        "kept": kept,
+        "removed": sum(removed.values()),
+        "removed_by_reason": dict(sorted(removed.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "steps": step_reports,
+        "tasks": tasks,
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(rows_in / seconds, 2) if seconds > 0 else None,
+        "versions": _versions(),
+        "outputs": {"kept": str(out / "kept"), "removed": str(out / "removed")},
+    }
+    if rows_in != kept + stats["removed"]:
+        raise RuntimeError(f"row accounting broke: {rows_in} in != {kept} kept + {stats['removed']} removed")
+    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return stats

@@ -1,0 +1,230 @@
+"""One core, two surfaces: the base classes every mmsieve capability is built on.
+
+A capability implements one pure batch function, `compute(samples) -> columns`, over valid
+`Sample`s. The base classes turn it into:
+
+- a datatrove step: `SampleFilter` is a `BaseFilter` (stats, `exclusion_writer`, `batch_size`),
+  `SampleScorer` a `PipelineStep` that annotates every document and drops none;
+- a `Dataset.map` function: `ds.map(step, batched=True)` adds the step's columns (and `keep`,
+  `mmsieve_reason`, `mmsieve_detail` for filters) to a Hugging Face dataset in any supported schema.
+
+Both surfaces call the same `process()`, so they give the same numbers. Samples whose source row was
+unusable (`Sample.reason` set) never reach `compute`: filters drop them with that reason and scorers
+give them None.
+
+Example:
+    >>> from mmsieve.filters import HygieneFilter
+    >>> step = HygieneFilter(min_side=64)
+    >>> ds = ds.map(step, batched=True, batch_size=256)  # doctest: +SKIP
+    >>> kept = ds.filter(lambda keep: keep, input_columns="keep")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import itertools
+from abc import abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.utils.batching import batched
+
+from mmsieve.documents import document_to_sample
+from mmsieve.sample import DETAIL_COLUMN, KEEP_COLUMN, REASON_COLUMN, Sample
+from mmsieve.schemas import Schema, detect_schema, rows_to_samples
+
+
+Columns = dict[str, list[Any]]
+
+
+class SampleStep:
+    """The shared half of both surfaces: the pure batch function and the `Dataset.map` adapter.
+
+    Subclasses implement `compute` and declare `columns` (name -> `datasets` feature) for what it
+    returns. Nothing heavy may be created in `__init__`: steps are pickled to datatrove workers and
+    hashed by `Dataset.map`; load models lazily and drop them in `__getstate__`.
+    """
+
+    is_filter: ClassVar[bool] = False
+
+    def __init__(self, batch_size: int = 64, schema: Schema | None = None):
+        self.batch_size = batch_size
+        self.schema = schema
+        self._map_schemas: dict[tuple[str, ...], Schema] = {}
+        self._map_counter = itertools.count()
+
+    # -- the core ---------------------------------------------------------------------------------
+    @abstractmethod
+    def compute(self, samples: list[Sample]) -> Columns:
+        """The pure batch function over valid samples: returns one list per output column.
+
+        Filters must include `keep` (bool) and may include `mmsieve_reason` / `mmsieve_detail`.
+        """
+
+    def output_features(self) -> dict[str, Any]:
+        """The `datasets` features of the columns this step adds (used to write typed parquet)."""
+        return {}
+
+    def process(self, samples: list[Sample]) -> Columns:
+        """Run `compute` on the valid samples and give every sample a value in every column.
+
+        Invalid samples (`Sample.reason` set) are not computed: they get None in the step's columns
+        and, for filters, `keep=False` with their own reason.
+        """
+        valid = [i for i, s in enumerate(samples) if s.reason is None]
+        computed = self.compute([samples[i] for i in valid]) if valid else {}
+        names = list(computed) or list(self.output_features())
+        if self.is_filter:
+            names = list(dict.fromkeys([KEEP_COLUMN, REASON_COLUMN, DETAIL_COLUMN, *names]))
+        out: Columns = {name: [None] * len(samples) for name in names}
+        for name, values in computed.items():
+            if len(values) != len(valid):
+                raise RuntimeError(
+                    f"{type(self).__name__}.compute returned {len(values)} values for {name!r}, expected {len(valid)}"
+                )
+            for i, value in zip(valid, values):
+                out[name][i] = value
+        if self.is_filter:
+            for i, sample in enumerate(samples):
+                if sample.reason is not None:
+                    out[KEEP_COLUMN][i] = False
+                    out[REASON_COLUMN][i] = sample.reason
+                    out[DETAIL_COLUMN][i] = sample.detail
+                elif out[KEEP_COLUMN][i] is None:
+                    raise RuntimeError(f"{type(self).__name__}.compute gave no 'keep' for sample {sample.id!r}")
+        return out
+
+    # -- the Dataset.map surface ------------------------------------------------------------------
+    def map_batch(self, batch: Mapping[str, list[Any]], indices: list[int] | None = None) -> Columns:
+        """`Dataset.map(batched=True)` entry point: a batch of columns in, the step's columns out.
+
+        The schema is `self.schema` or detected from the batch's columns. Filters combine with an
+        earlier filter's `keep`/`mmsieve_reason` columns: a row stays dropped with its first reason.
+        Kept rows have `""` (not None) in `mmsieve_reason`/`mmsieve_detail` on this surface.
+        """
+        schema = self._schema_for(batch)
+        n = len(next(iter(batch.values()))) if batch else 0
+        if indices is None:
+            indices = [next(self._map_counter) for _ in range(n)]
+        samples = rows_to_samples(batch, schema, [str(i) for i in indices])
+        out = self.process(samples)
+        if self.is_filter and KEEP_COLUMN in batch:
+            for i, (was_kept, old_reason, old_detail) in enumerate(
+                zip(batch[KEEP_COLUMN], batch.get(REASON_COLUMN, [None] * n), batch.get(DETAIL_COLUMN, [None] * n))
+            ):
+                if was_kept is False:
+                    out[KEEP_COLUMN][i] = False
+                    out[REASON_COLUMN][i] = old_reason or None
+                    out[DETAIL_COLUMN][i] = old_detail or None
+        return self._typed(out)
+
+    def _typed(self, columns: Columns) -> Columns:
+        """Empty strings instead of None in string columns: `datasets` types a column from the first batch,
+        and a batch of all-None values (no row dropped yet) would fix it as `null` for the whole file."""
+        from datasets import Value
+
+        strings = {REASON_COLUMN, DETAIL_COLUMN} | {
+            name for name, feature in self.output_features().items() if feature == Value("string")
+        }
+        for name in strings & columns.keys():
+            columns[name] = ["" if v is None else v for v in columns[name]]
+        return columns
+
+    def _schema_for(self, batch: Mapping[str, list[Any]]) -> Schema:
+        if self.schema is not None:
+            return self.schema
+        key = tuple(batch.keys())
+        if key not in self._map_schemas:
+            example = {k: v[0] for k, v in batch.items() if v} if batch else None
+            ignored = {KEEP_COLUMN, REASON_COLUMN, DETAIL_COLUMN}
+            self._map_schemas[key] = detect_schema([k for k in key if k not in ignored], example_row=example)
+        return self._map_schemas[key]
+
+    def __call__(self, data: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """A batch of columns (from `Dataset.map`) goes to `map_batch`; anything else is a datatrove run."""
+        if isinstance(data, Mapping):
+            indices = next((a for a in args if isinstance(a, list)), None)
+            return self.map_batch(data, indices)
+        return self.run(data, *args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_map_counter", None)
+        for name in self._transient_attributes():
+            state[name] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._map_counter = itertools.count()
+
+    def _transient_attributes(self) -> tuple[str, ...]:
+        """Attributes (loaded models, thread pools) that are rebuilt lazily after unpickling."""
+        return ()
+
+
+def _annotate(doc: Document, columns: Columns, index: int) -> None:
+    for name, values in columns.items():
+        if name != KEEP_COLUMN:
+            doc.metadata[name] = values[index]
+
+
+class SampleFilter(SampleStep, BaseFilter):
+    """A datatrove `BaseFilter` whose decisions come from `process()` over a batch of samples.
+
+    Kept documents gain the step's columns in `metadata`; dropped ones also carry `mmsieve_reason`
+    and `mmsieve_detail`, are counted as `dropped_{reason}` and go to `exclusion_writer`.
+    """
+
+    is_filter = True
+    type = "🔻 - FILTER"
+
+    def __init__(self, batch_size: int = 64, schema: Schema | None = None, exclusion_writer: Any = None):
+        BaseFilter.__init__(self, exclusion_writer=exclusion_writer, batch_size=batch_size)
+        SampleStep.__init__(self, batch_size=batch_size, schema=schema)
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        return self.filter_batch([doc])[0]
+
+    def filter_batch(self, batch: list[Document]) -> list[bool | tuple[bool, str]]:
+        columns = self.process([document_to_sample(doc) for doc in batch])
+        results: list[bool | tuple[bool, str]] = []
+        for i, doc in enumerate(batch):
+            _annotate(doc, columns, i)
+            if columns[KEEP_COLUMN][i]:
+                doc.metadata.pop(REASON_COLUMN, None)
+                doc.metadata.pop(DETAIL_COLUMN, None)
+                results.append(True)
+            else:
+                results.append((False, columns[REASON_COLUMN][i] or "filtered"))
+        return results
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        return BaseFilter.run(self, data, rank, world_size)
+
+
+class SampleScorer(SampleStep, PipelineStep):
+    """A datatrove `PipelineStep` that adds the step's columns to every document and drops none."""
+
+    type = "📊 - SCORER"
+
+    def __init__(self, batch_size: int = 64, schema: Schema | None = None):
+        PipelineStep.__init__(self)
+        SampleStep.__init__(self, batch_size=batch_size, schema=schema)
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        for batch in batched(data or (), self.batch_size):
+            with self.track_time("batch"):
+                columns = self.process([document_to_sample(doc) for doc in batch])
+            for i, doc in enumerate(batch):
+                _annotate(doc, columns, i)
+                self.stat_update("total")
+                for name, values in columns.items():
+                    if isinstance(values[i], (int, float)) and not isinstance(values[i], bool):
+                        self.stat_update(name, value=values[i])
+                yield doc
+
+
+__all__ = ["Columns", "SampleFilter", "SampleScorer", "SampleStep"]
