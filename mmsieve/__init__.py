@@ -13,7 +13,7 @@ from mmsieve.documents import document_to_sample, sample_to_document
 from mmsieve.filters import HygieneConfig, HygieneFilter, hygiene_checks
 from mmsieve.images import DecodedImage, DecodePool, decode_image, probe_image
 from mmsieve.readers import SampleReader
-from mmsieve.runner import run_steps
+from mmsieve.runner import build_pipeline, run_steps
 from mmsieve.sample import KINDS, ImageRef, ImageSlot, Kind, Sample, Turn
 from mmsieve.schemas import Schema, SchemaError, detect_schema, row_to_sample, sample_to_row
 from mmsieve.steps import SampleFilter, SampleScorer, SampleStep
@@ -40,6 +40,7 @@ __all__ = [
     "Schema",
     "SchemaError",
     "Turn",
+    "build_pipeline",
     "decode_image",
     "detect_schema",
     "document_to_sample",

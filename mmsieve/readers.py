@@ -74,6 +74,7 @@ class SampleReader(PipelineStep):
         self.source, self.split, self.config = source, split, config
         self.schema, self.kind, self.columns = schema, kind, dict(columns or {})
         self.limit, self.batch_size, self.progress = limit, batch_size, progress
+        self.num_rows: int | None = None  # known once `open()` has run
 
     def open(self) -> tuple[Any, Schema]:
         """Open the source (limited to `limit` rows) and resolve the schema."""
@@ -84,6 +85,7 @@ class SampleReader(PipelineStep):
         if self.limit is not None:
             ds = ds.select(range(min(self.limit, len(ds))))
         schema = self.schema or detect_schema(ds.features, kind=self.kind, columns=self.columns or None)
+        self.num_rows = len(ds)
         return ds, schema
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:

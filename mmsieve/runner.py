@@ -92,6 +92,40 @@ def _step_stats(pipeline_stats: Any, step: Any) -> dict[str, float]:
     return {}
 
 
+def build_pipeline(reader: SampleReader, output: str | Path, steps: Sequence[SampleStep]) -> list[Any]:
+    """The datatrove pipeline `[reader, *steps, kept writer]`, each filter writing its drops to `removed/`.
+
+    Opens the source once (in this process) to resolve the schema and the output columns, so a bad
+    source fails here with a clear message. The list runs unchanged under any datatrove executor.
+
+    Example:
+        >>> from datatrove.executor import SlurmPipelineExecutor  # doctest: +SKIP
+        >>> pipeline = build_pipeline(SampleReader("org/captions"), "s3://bucket/out", [HygieneFilter()])  # doctest: +SKIP
+        >>> SlurmPipelineExecutor(pipeline, tasks=64, time="2:00:00", partition="cpu", logging_dir="logs").run()  # doctest: +SKIP
+    """
+    out = output if isinstance(output, str) and "://" in output else Path(output)
+    dataset, schema = reader.open()
+    reader.schema = schema
+    step_features: dict[str, Any] = {}
+    for step in steps:
+        step_features.update(step.output_features())
+    for position, step in enumerate(steps):
+        if step.is_filter:
+            step.exclusion_writer = SampleWriter(
+                _join(out, "removed"),
+                schema,
+                output_features(dataset.features, schema, step_features, with_reason=True),
+                with_reason=True,
+                output_filename=f"{position:02d}_{_slug(step)}_${{rank}}.parquet",
+            )
+    kept = SampleWriter(_join(out, "kept"), schema, output_features(dataset.features, schema, step_features, False))
+    return [reader, *steps, kept]
+
+
+def _join(base: str | Path, name: str) -> str:
+    return f"{base.rstrip('/')}/{name}" if isinstance(base, str) else str(base / name)
+
+
 def run_steps(
     source: str,
     output: str | Path,
@@ -137,25 +171,12 @@ def run_steps(
     reader = SampleReader(
         source, kind=kind, columns=columns, split=split, config=config, limit=limit, progress=progress
     )
-    dataset, schema = reader.open()  # fail fast, in this process, with a clear message
-    reader.schema = schema
-    rows = len(dataset)
-    step_features: dict[str, Any] = {}
-    for step in steps:
-        step_features.update(step.output_features())
-    for position, step in enumerate(steps):
-        if step.is_filter:
-            step.exclusion_writer = SampleWriter(
-                out / "removed",
-                schema,
-                output_features(dataset.features, schema, step_features, with_reason=True),
-                with_reason=True,
-                output_filename=f"{position:02d}_{_slug(step)}_${{rank}}.parquet",
-            )
-    kept_writer = SampleWriter(out / "kept", schema, output_features(dataset.features, schema, step_features, False))
+    pipeline = build_pipeline(reader, out, steps)
+    kept_writer = pipeline[-1]
+    rows, schema = reader.num_rows, reader.schema
     tasks = max(1, min(tasks, rows))
     executor = executor_class(
-        pipeline=[reader, *steps, kept_writer],
+        pipeline=pipeline,
         tasks=tasks,
         workers=max(1, min(workers, tasks)),
         logging_dir=str(out / "datatrove"),  # task logs, per-task stats, completion markers

@@ -113,3 +113,15 @@ def _with_reason(features: datasets.Features) -> datasets.Features:
     return datasets.Features(
         {**features, "mmsieve_reason": datasets.Value("string"), "mmsieve_detail": datasets.Value("string")}
     )
+
+
+def test_build_pipeline_runs_under_a_plain_executor(caption_source, tmp_path):
+    from mmsieve.readers import SampleReader
+    from mmsieve.runner import build_pipeline
+
+    pipeline = build_pipeline(SampleReader(str(caption_source)), tmp_path / "out", [HygieneFilter()])
+    LocalPipelineExecutor(pipeline, tasks=2, workers=2, logging_dir=str(tmp_path / "logs")).run()
+    kept = datasets.load_dataset("parquet", data_dir=str(tmp_path / "out" / "kept"), split="train")
+    removed = datasets.load_dataset("parquet", data_dir=str(tmp_path / "out" / "removed"), split="train")
+    assert len(kept) + len(removed) == len(open_source(str(caption_source)))
+    assert set(removed["mmsieve_reason"]) >= {reasons.IMAGE_TRUNCATED, reasons.TEXT_EMPTY}
