@@ -126,6 +126,45 @@ def _join(base: str | Path, name: str) -> str:
     return f"{base.rstrip('/')}/{name}" if isinstance(base, str) else str(base / name)
 
 
+def _run_two_passes(source: str, out: Path, steps: Sequence[SampleStep], **options: Any) -> dict[str, Any]:
+    """A keep-fraction filter (last step): pass 1 scores everything, then the threshold is fitted on
+    the scores of the whole run and pass 2 filters the scored rows; outputs and stats are merged."""
+    import datasets
+
+    *before, last = steps
+    if any(getattr(step, "needs_fit", False) for step in before) or getattr(last, "scorer", None) is None:
+        raise ValueError("a keep-fraction filter must be the last step and wrap its scorer")
+    first = run_steps(source, out / "pass1", [*before, last.scorer], **options)
+    scored = datasets.load_dataset("parquet", data_dir=str(out / "pass1" / "kept"), split="train")
+    last.fit(scored[last.column])
+    second_options = {k: v for k, v in options.items() if k not in ("split", "config", "kind", "columns", "limit")}
+    second = run_steps(str(out / "pass1" / "kept"), out / "pass2", [last], kind=first["format"], **second_options)
+    for name in ("kept", "removed"):
+        (out / name).mkdir(parents=True, exist_ok=True)
+        for number, stage in enumerate(("pass1", "pass2")):
+            folder = out / stage / name
+            for file in sorted(folder.glob("*.parquet")) if folder.exists() else []:
+                if stage == "pass1" and name == "kept":
+                    continue  # pass 1's kept rows are pass 2's input
+                file.rename(out / name / f"pass{number + 1}_{file.name}")
+    removed = Counter(first["removed_by_reason"]) + Counter(second["removed_by_reason"])
+    stats = {
+        **first,
+        "kept": second["kept"],
+        "removed": sum(removed.values()),
+        "removed_by_reason": dict(sorted(removed.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "steps": [*first["steps"][:-1], *second["steps"]],
+        "seconds": round(first["seconds"] + second["seconds"], 3),
+        "outputs": {"kept": str(out / "kept"), "removed": str(out / "removed")},
+    }
+    stats["rows_per_second"] = round(stats["rows_in"] / stats["seconds"], 2) if stats["seconds"] else None
+    for stage in ("pass1", "pass2"):
+        shutil.rmtree(out / stage / "kept", ignore_errors=True)
+        shutil.rmtree(out / stage / "removed", ignore_errors=True)
+    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return stats
+
+
 def run_steps(
     source: str,
     output: str | Path,
@@ -168,6 +207,16 @@ def run_steps(
         if not overwrite:
             raise OutputExistsError(f"{out} is not empty; pass --overwrite to replace it")
         shutil.rmtree(out)
+    options = {
+        "split": split,
+        "config": config,
+        "tasks": tasks,
+        "workers": workers,
+        "progress": progress,
+        "verbose": verbose,
+    }
+    if any(getattr(step, "needs_fit", False) for step in steps):
+        return _run_two_passes(source, out, steps, kind=kind, columns=columns, limit=limit, **options)
     reader = SampleReader(
         source, kind=kind, columns=columns, split=split, config=config, limit=limit, progress=progress
     )

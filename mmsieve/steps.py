@@ -21,17 +21,20 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.pipeline.filters.base_filter import BaseFilter, get_filter_result
 from datatrove.utils.batching import batched
+from datatrove.utils.typeshelper import StatHints
 
 from mmsieve.documents import document_to_sample
+from mmsieve.images import DecodePool
 from mmsieve.sample import DETAIL_COLUMN, KEEP_COLUMN, REASON_COLUMN, Sample
 from mmsieve.schemas import Schema, detect_schema, rows_to_samples
 
@@ -42,9 +45,11 @@ Columns = dict[str, list[Any]]
 class SampleStep:
     """The shared half of both surfaces: the pure batch function and the `Dataset.map` adapter.
 
-    Subclasses implement `compute` and declare `columns` (name -> `datasets` feature) for what it
-    returns. Nothing heavy may be created in `__init__`: steps are pickled to datatrove workers and
-    hashed by `Dataset.map`; load models lazily and drop them in `__getstate__`.
+    Subclasses implement `compute` and declare `output_features()` for the columns it returns.
+    Model steps split their work: `prepare` (decoding, tokenizing: CPU work that runs in a background
+    thread for the next batch while the model computes the current one) and `compute` (the model).
+    Nothing heavy may be created in `__init__`: steps are pickled to datatrove workers and hashed by
+    `Dataset.map`; load models lazily and list them in `_transient_attributes()`.
     """
 
     is_filter: ClassVar[bool] = False
@@ -52,29 +57,35 @@ class SampleStep:
     def __init__(self, batch_size: int = 64, schema: Schema | None = None):
         self.batch_size = batch_size
         self.schema = schema
-        self._map_schemas: dict[tuple[str, ...], Schema] = {}
+        self.rank: int | None = None  # the datatrove task or Dataset.map process rank: picks the GPU
+        self._map_schemas: dict[str, Schema] = {}  # by the batch's column names (str keys: datatrove JSON-dumps steps)
         self._map_counter = itertools.count()
 
     # -- the core ---------------------------------------------------------------------------------
+    def prepare(self, samples: list[Sample]) -> Any:
+        """CPU-side preparation of a batch of valid samples (decode, tokenize); thread-safe; None by default."""
+        return None
+
     @abstractmethod
-    def compute(self, samples: list[Sample]) -> Columns:
+    def compute(self, samples: list[Sample], prepared: Any = None) -> Columns:
         """The pure batch function over valid samples: returns one list per output column.
 
-        Filters must include `keep` (bool) and may include `mmsieve_reason` / `mmsieve_detail`.
+        `prepared` is what `prepare(samples)` returned (computed here when None). Filters must
+        include `keep` (bool) and may include `mmsieve_reason` / `mmsieve_detail`.
         """
 
     def output_features(self) -> dict[str, Any]:
         """The `datasets` features of the columns this step adds (used to write typed parquet)."""
         return {}
 
-    def process(self, samples: list[Sample]) -> Columns:
+    def process(self, samples: list[Sample], prepared: Any = None) -> Columns:
         """Run `compute` on the valid samples and give every sample a value in every column.
 
         Invalid samples (`Sample.reason` set) are not computed: they get None in the step's columns
-        and, for filters, `keep=False` with their own reason.
+        and, for filters, `keep=False` with their own reason. `prepared` is `prepare()` of the valid ones.
         """
         valid = [i for i, s in enumerate(samples) if s.reason is None]
-        computed = self.compute([samples[i] for i in valid]) if valid else {}
+        computed = self.compute([samples[i] for i in valid], prepared) if valid else {}
         names = list(computed) or list(self.output_features())
         if self.is_filter:
             names = list(dict.fromkeys([KEEP_COLUMN, REASON_COLUMN, DETAIL_COLUMN, *names]))
@@ -96,14 +107,34 @@ class SampleStep:
                     raise RuntimeError(f"{type(self).__name__}.compute gave no 'keep' for sample {sample.id!r}")
         return out
 
+    def process_stream(self, batches: Iterable[list[Sample]]) -> Iterator[tuple[list[Sample], Columns]]:
+        """`process` over a stream of batches; when the step has a `prepare`, the next batch is prepared
+        in a background thread while the current one is computed (the decoder never starves the model)."""
+        if type(self).prepare is SampleStep.prepare:
+            for samples in batches:
+                yield samples, self.process(samples)
+            return
+
+        def prepare_valid(samples: list[Sample]) -> Any:
+            valid = [s for s in samples if s.reason is None]
+            return self.prepare(valid) if valid else None
+
+        with DecodePool(workers=1) as pool:
+            for samples, prepared in pool.prefetch(batches, prepare_valid, depth=1):
+                yield samples, self.process(samples, prepared)
+
     # -- the Dataset.map surface ------------------------------------------------------------------
-    def map_batch(self, batch: Mapping[str, list[Any]], indices: list[int] | None = None) -> Columns:
+    def map_batch(
+        self, batch: Mapping[str, list[Any]], indices: list[int] | None = None, rank: int | None = None
+    ) -> Columns:
         """`Dataset.map(batched=True)` entry point: a batch of columns in, the step's columns out.
 
         The schema is `self.schema` or detected from the batch's columns. Filters combine with an
         earlier filter's `keep`/`mmsieve_reason` columns: a row stays dropped with its first reason.
         Kept rows have `""` (not None) in `mmsieve_reason`/`mmsieve_detail` on this surface.
         """
+        if rank is not None:
+            self.rank = rank
         schema = self._schema_for(batch)
         n = len(next(iter(batch.values()))) if batch else 0
         if indices is None:
@@ -135,18 +166,24 @@ class SampleStep:
     def _schema_for(self, batch: Mapping[str, list[Any]]) -> Schema:
         if self.schema is not None:
             return self.schema
-        key = tuple(batch.keys())
+        key = "\x1f".join(batch.keys())
         if key not in self._map_schemas:
             example = {k: v[0] for k, v in batch.items() if v} if batch else None
             ignored = {KEEP_COLUMN, REASON_COLUMN, DETAIL_COLUMN}
-            self._map_schemas[key] = detect_schema([k for k in key if k not in ignored], example_row=example)
+            names = [k for k in batch.keys() if k not in ignored]
+            self._map_schemas[key] = detect_schema(names, example_row=example)
         return self._map_schemas[key]
 
     def __call__(self, data: Any = None, *args: Any, **kwargs: Any) -> Any:
-        """A batch of columns (from `Dataset.map`) goes to `map_batch`; anything else is a datatrove run."""
+        """A batch of columns (from `Dataset.map`) goes to `map_batch`; anything else is a datatrove run.
+
+        `Dataset.map` passes `indices` (a list, with `with_indices=True`) and `rank` (an int, with
+        `with_rank=True`) positionally after the batch.
+        """
         if isinstance(data, Mapping):
             indices = next((a for a in args if isinstance(a, list)), None)
-            return self.map_batch(data, indices)
+            rank = next((a for a in args if isinstance(a, int) and not isinstance(a, bool)), None)
+            return self.map_batch(data, indices, rank)
         return self.run(data, *args, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -189,7 +226,9 @@ class SampleFilter(SampleStep, BaseFilter):
         return self.filter_batch([doc])[0]
 
     def filter_batch(self, batch: list[Document]) -> list[bool | tuple[bool, str]]:
-        columns = self.process([document_to_sample(doc) for doc in batch])
+        return self._verdicts(batch, self.process([document_to_sample(doc) for doc in batch]))
+
+    def _verdicts(self, batch: list[Document], columns: Columns) -> list[bool | tuple[bool, str]]:
         results: list[bool | tuple[bool, str]] = []
         for i, doc in enumerate(batch):
             _annotate(doc, columns, i)
@@ -202,7 +241,36 @@ class SampleFilter(SampleStep, BaseFilter):
         return results
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        return BaseFilter.run(self, data, rank, world_size)
+        """BaseFilter's loop (stats, exclusion writer) over prefetched batches."""
+        self.rank = rank
+        with self.exclusion_writer if self.exclusion_writer else contextlib.nullcontext() as writer:
+            for docs, columns in _stream(self, data):
+                self.stat_update("batches")
+                for doc, verdict in zip(docs, self._verdicts(docs, columns)):
+                    self.stat_update(StatHints.total)
+                    keep, reason = get_filter_result(verdict)
+                    if keep:
+                        self.stat_update(StatHints.forwarded)
+                        self.update_doc_stats(doc)
+                        yield doc
+                        continue
+                    self.stat_update(StatHints.dropped, f"dropped_{reason}")
+                    if self.exclusion_writer:
+                        doc.metadata["filter_reason"] = reason
+                        writer.write(doc, rank)
+
+
+def _stream(step: SampleStep, data: DocumentsPipeline) -> Iterator[tuple[list[Document], Columns]]:
+    """Batches of documents with their columns, prepared ahead through `process_stream`."""
+    pending: list[list[Document]] = []
+
+    def sample_batches() -> Iterator[list[Sample]]:
+        for docs in batched(data or (), step.batch_size):
+            pending.append(docs)
+            yield [document_to_sample(doc) for doc in docs]
+
+    for _, columns in step.process_stream(sample_batches()):
+        yield pending.pop(0), columns
 
 
 class SampleScorer(SampleStep, PipelineStep):
@@ -215,10 +283,10 @@ class SampleScorer(SampleStep, PipelineStep):
         SampleStep.__init__(self, batch_size=batch_size, schema=schema)
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        for batch in batched(data or (), self.batch_size):
-            with self.track_time("batch"):
-                columns = self.process([document_to_sample(doc) for doc in batch])
-            for i, doc in enumerate(batch):
+        self.rank = rank
+        for docs, columns in _stream(self, data):
+            self.stat_update("batches")
+            for i, doc in enumerate(docs):
                 _annotate(doc, columns, i)
                 self.stat_update("total")
                 for name, values in columns.items():

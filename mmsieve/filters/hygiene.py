@@ -256,7 +256,7 @@ class HygieneFilter(SampleFilter):
             self._pool = DecodePool(self.workers)
         return self._pool
 
-    def compute(self, samples: list[Sample]) -> Columns:
+    def compute(self, samples: list[Sample], prepared: Any = None) -> Columns:
         return hygiene_checks(samples, self.config, self.pool)
 
     def parameters(self) -> dict[str, Any]:
