@@ -2,6 +2,7 @@
 
     mmsieve filter --input SRC --output DIR [--kind auto|caption|interleaved|conversation]
                    [--columns image=COL,text=COL] [--split NAME] [--limit N] [--tasks N] [--workers N]
+    mmsieve score --model ID_OR_PATH --input SRC --output DIR [--threshold X | --keep-fraction F] [--scorer clip]
     mmsieve demo [--output DIR]
 
 A bad argument or an unreadable input prints one line on stderr and exits with code 2.
@@ -36,6 +37,16 @@ def _positive(value: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def _fraction(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {value!r}") from None
+    if not 0 < number <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {value!r}")
     return number
 
 
@@ -143,16 +154,41 @@ def _print_summary(stats: dict[str, Any]) -> None:
     print(f"kept:    {stats['outputs']['kept']}\nremoved: {stats['outputs']['removed']}")
 
 
+def _score_step(args: argparse.Namespace) -> Any:
+    from mmsieve.filters import ClipScoreFilter, ClipScoreScorer, UniFilterFilter, UniFilterScorer
+
+    if args.scorer == "clip":
+        options = {"batch_size": args.batch_size, "aggregate": args.aggregate, "device": args.device}
+        scorer_class, filter_class = ClipScoreScorer, ClipScoreFilter
+    else:
+        options = {
+            "vision_tower": args.vision_tower,
+            "batch_size": args.batch_size,
+            "max_batch_tokens": args.max_batch_tokens,
+            "overflow": args.overflow,
+            "device": args.device,
+        }
+        scorer_class, filter_class = UniFilterScorer, UniFilterFilter
+    if args.threshold is None and args.keep_fraction is None:
+        return scorer_class(args.model, **options)
+    return filter_class(args.model, threshold=args.threshold, keep_fraction=args.keep_fraction, **options)
+
+
 def _run_filter(args: argparse.Namespace) -> int:
     from mmsieve.filters import HygieneFilter
-    from mmsieve.runner import run_steps
-    from mmsieve.schemas import parse_columns
 
-    columns = parse_columns(args.columns) if args.columns else None
     try:
         step = HygieneFilter(**_hygiene_config(args))
     except ValueError as err:
         raise CliError(str(err)) from None
+    return _run(args, step)
+
+
+def _run(args: argparse.Namespace, step: Any) -> int:
+    from mmsieve.runner import run_steps
+    from mmsieve.schemas import parse_columns
+
+    columns = parse_columns(args.columns) if args.columns else None
     stats = run_steps(
         args.input,
         args.output,
@@ -191,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "filter":
             return _run_filter(args)
+        if args.command == "score":
+            return _run(args, _score_step(args))
         return _run_demo(args)
     except (CliError, SourceError, SchemaError, OutputExistsError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__

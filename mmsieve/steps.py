@@ -126,12 +126,11 @@ class SampleStep:
     # -- the Dataset.map surface ------------------------------------------------------------------
     def map_batch(
         self, batch: Mapping[str, list[Any]], indices: list[int] | None = None, rank: int | None = None
-    ) -> Columns:
-        """`Dataset.map(batched=True)` entry point: a batch of columns in, the step's columns out.
+    ) -> Any:
+        """`Dataset.map(batched=True)` entry point: a batch of columns in, the batch with the step's columns out.
 
         The schema is `self.schema` or detected from the batch's columns. Filters combine with an
         earlier filter's `keep`/`mmsieve_reason` columns: a row stays dropped with its first reason.
-        Kept rows have `""` (not None) in `mmsieve_reason`/`mmsieve_detail` on this surface.
         """
         if rank is not None:
             self.rank = rank
@@ -147,21 +146,33 @@ class SampleStep:
             ):
                 if was_kept is False:
                     out[KEEP_COLUMN][i] = False
-                    out[REASON_COLUMN][i] = old_reason or None
-                    out[DETAIL_COLUMN][i] = old_detail or None
-        return self._typed(out)
+                    out[REASON_COLUMN][i] = old_reason
+                    out[DETAIL_COLUMN][i] = old_detail
+        return self._typed(out, batch)
 
-    def _typed(self, columns: Columns) -> Columns:
-        """Empty strings instead of None in string columns: `datasets` types a column from the first batch,
-        and a batch of all-None values (no row dropped yet) would fix it as `null` for the whole file."""
-        from datasets import Value
+    def _typed(self, columns: Columns, batch: Mapping[str, list[Any]]) -> Any:
+        """The batch's own Arrow table with the step's columns appended (or replaced) as typed arrays.
 
-        strings = {REASON_COLUMN, DETAIL_COLUMN} | {
-            name for name, feature in self.output_features().items() if feature == Value("string")
-        }
-        for name in strings & columns.keys():
-            columns[name] = ["" if v is None else v for v in columns[name]]
-        return columns
+        `datasets` infers a column's type from the first batch it writes, so a batch where nothing was
+        dropped or scored would fix a column as `null` for the whole file. Returning the input table
+        (`LazyBatch.pa_table`) plus typed columns keeps every input feature (e.g. `Image`) and gives
+        ours their declared types. A plain dict batch (not from `Dataset.map`) gets plain lists back.
+        """
+        table = getattr(batch, "pa_table", None)
+        if table is None:
+            return columns
+        import pyarrow as pa
+        from datasets import Features, Value
+
+        declared = {KEEP_COLUMN: Value("bool"), REASON_COLUMN: Value("string"), DETAIL_COLUMN: Value("string")}
+        schema = Features({**declared, **self.output_features()}).arrow_schema
+        for name, values in columns.items():
+            array = pa.array(values, type=schema.field(name).type if name in schema.names else None)
+            if name in table.column_names:
+                table = table.set_column(table.column_names.index(name), name, array)
+            else:
+                table = table.append_column(name, array)
+        return table
 
     def _schema_for(self, batch: Mapping[str, list[Any]]) -> Schema:
         if self.schema is not None:

@@ -93,3 +93,11 @@ def test_both_surfaces_agree(caption_source, tmp_path):
     kept = datasets.load_dataset("parquet", data_dir=str(tmp_path / "o" / "kept"), split="train")
     assert sorted(kept["caption"]) == sorted(c for c, k in zip(mapped["caption"], mapped["keep"]) if k)
     assert sorted(kept["caption_length"]) == sorted(s for s, k in zip(mapped["caption_length"], mapped["keep"]) if k)
+
+
+def test_map_types_columns_even_when_the_first_batch_has_no_score():
+    ds = datasets.Dataset.from_dict({"image": [None] * 4, "caption": ["", "", "abc", "abcd"]})
+    mapped = ds.map(CaptionLengthScorer(), batched=True, batch_size=2)
+    assert mapped.features["caption_length"] == datasets.Value("float32")
+    assert mapped["caption_length"] == [None, None, 3.0, 4.0]
+    assert mapped["caption_length_error"][:2] == ["text_empty: no caption to measure"] * 2

@@ -25,7 +25,10 @@ def _removed_by_source(ds) -> Counter:
 
 def test_map_and_datatrove_agree(caption_source, tmp_path):
     ds = open_source(str(caption_source))
-    mapped = ds.map(HygieneFilter(), batched=True, batch_size=7)
+    mapped = ds.map(HygieneFilter(), batched=True, batch_size=7)  # the first batches drop nothing
+    assert mapped.features["mmsieve_reason"] == datasets.Value("string")
+    assert mapped.features["image"] == ds.features["image"]
+    assert mapped["mmsieve_reason"][0] is None
     stats = run_steps(str(caption_source), tmp_path / "out", [HygieneFilter()], tasks=2, workers=1)
     removed = datasets.load_dataset("parquet", data_dir=str(tmp_path / "out" / "removed"), split="train")
     kept = datasets.load_dataset("parquet", data_dir=str(tmp_path / "out" / "kept"), split="train")
