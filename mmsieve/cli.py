@@ -128,6 +128,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_source_arguments(p_filter)
     _add_hygiene_arguments(p_filter)
+    p_score = sub.add_parser(
+        "score",
+        help="score samples with UniFilter (or CLIP/SigLIP) and optionally keep the best",
+        description=(
+            "Add quality scores to every sample (unifilter_score or clip_score). With --threshold or --keep-fraction, "
+            "also drop the samples below the cut into removed/ (keep-fraction takes two passes over the data)."
+        ),
+    )
+    _add_source_arguments(p_score)
+    group = p_score.add_argument_group("scoring")
+    group.add_argument("--model", required=True, metavar="ID_OR_PATH", help="checkpoint: Hub id or local path")
+    group.add_argument(
+        "--scorer", choices=("unifilter", "clip"), default="unifilter", help="unifilter (default) or clip"
+    )
+    cut = group.add_mutually_exclusive_group()
+    cut.add_argument("--threshold", type=float, default=None, help="keep samples scoring at least this")
+    cut.add_argument("--keep-fraction", type=_fraction, default=None, help="keep this top fraction of the run (0-1]")
+    group.add_argument("--vision-tower", default=None, help="UniFilter: override config.mm_vision_tower (id or path)")
+    group.add_argument("--batch-size", type=_positive, default=64, help="samples per batch (default 64)")
+    group.add_argument("--max-batch-tokens", type=_positive, default=16_384, help="UniFilter: tokens per forward pass")
+    group.add_argument(
+        "--overflow", choices=("skip", "truncate"), default="skip", help="UniFilter: documents over the limits"
+    )
+    group.add_argument(
+        "--aggregate", choices=("mean", "min", "max"), default="mean", help="CLIP: per-pair aggregation"
+    )
+    group.add_argument("--device", default=None, help="force a device (default: the task's GPU, else CPU)")
     p_demo = sub.add_parser(
         "demo", help="build the demo set from photos shipped in scikit-image and run the pipeline on it"
     )
@@ -154,8 +181,28 @@ def _print_summary(stats: dict[str, Any]) -> None:
     print(f"kept:    {stats['outputs']['kept']}\nremoved: {stats['outputs']['removed']}")
 
 
+def _check_checkpoint(model: str, scorer: str) -> None:
+    """Read the checkpoint's config here, so a wrong --model fails in one line before any worker starts."""
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    if model.startswith((".", "/", "~")) and not Path(model).expanduser().exists():
+        raise CliError(f"no checkpoint folder at {model}")
+    try:
+        config = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError) as err:
+        raise CliError(f"cannot load checkpoint {model!r}: {str(err).splitlines()[0]}") from None
+    if scorer == "unifilter" and config.model_type not in ("llava_qwen", "llava_qwen3"):
+        raise CliError(f"{model!r} is a {config.model_type!r} checkpoint, not UniFilter (llava_qwen / llava_qwen3)")
+    if scorer == "clip" and not (hasattr(config, "vision_config") and hasattr(config, "text_config")):
+        raise CliError(f"{model!r} is a {config.model_type!r} checkpoint, not a CLIP/SigLIP dual encoder")
+
+
 def _score_step(args: argparse.Namespace) -> Any:
     from mmsieve.filters import ClipScoreFilter, ClipScoreScorer, UniFilterFilter, UniFilterScorer
+
+    _check_checkpoint(args.model, args.scorer)
 
     if args.scorer == "clip":
         options = {"batch_size": args.batch_size, "aggregate": args.aggregate, "device": args.device}

@@ -48,3 +48,10 @@ def test_demo_counts_and_outputs(tmp_path):
     assert isinstance(conversations.features["images"].feature, datasets.Image)
     assert conversations[0]["images"][0].size == (64, 64)
     assert set(conversations[0]["texts"][0]) == {"user", "assistant"}
+    assert report["scoring"]["trained"] is False
+    for name in ("captions", "interleaved", "conversations"):
+        scored = datasets.load_dataset(
+            "parquet", data_dir=str(tmp_path / "demo" / f"{name}_scored" / "kept"), split="train"
+        )
+        assert len(scored) == summary[name]["kept"]
+        assert all(isinstance(s, float) for s in scored["unifilter_score"])

@@ -56,7 +56,11 @@ def _mixed(photos) -> list[Sample]:
             "d1", [ImageRef(data=photos["rocket"]), ImageRef(data=photos["moon"])], [0, "Launch.", 1, "The Moon " * 30]
         )
     )
-    out.append(Sample.conversation("v0", [ImageRef(data=photos["coins"])], [Turn("How many coins?", "24."), Turn("Old?", "Yes.")]))
+    out.append(
+        Sample.conversation(
+            "v0", [ImageRef(data=photos["coins"])], [Turn("How many coins?", "24."), Turn("Old?", "Yes.")]
+        )
+    )
     return out
 
 
@@ -144,7 +148,13 @@ def test_bad_images_give_a_reason_not_a_crash(scorer, photos, broken):
     cols = scorer.process(samples)
     assert cols["unifilter_score"][:4] == [None] * 4 and isinstance(cols["unifilter_score"][4], float)
     codes = [e.split(":")[0] if e else None for e in cols["unifilter_error"]]
-    assert codes == [reasons.IMAGE_TRUNCATED, reasons.IMAGE_MISSING, reasons.IMAGE_UNIDENTIFIED, reasons.IMAGE_EMPTY, None]
+    assert codes == [
+        reasons.IMAGE_TRUNCATED,
+        reasons.IMAGE_MISSING,
+        reasons.IMAGE_UNIDENTIFIED,
+        reasons.IMAGE_EMPTY,
+        None,
+    ]
 
 
 def test_token_budget_batches_cover_every_item_once():

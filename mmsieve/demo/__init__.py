@@ -51,5 +51,30 @@ def run_demo(output: str | Path = "demo_output", verbose: bool = True) -> dict[s
             for reason, count in stats["removed_by_reason"].items():
                 print(f"  removed {count:>3}  {reason}")
             print(f"  outputs: {out / name}/kept, {out / name}/removed, {out / name}/stats.json")
+    report["scoring"] = _score_stage(out, verbose)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report
+
+
+def _score_stage(out: Path, verbose: bool) -> dict[str, Any]:
+    """Score every kind's kept rows with UniFilter. No trained checkpoint exists offline yet, so this uses a
+    tiny RANDOM checkpoint in the official format: it shows the mechanics, its numbers mean nothing."""
+    from mmsieve.filters import UniFilterScorer
+    from mmsieve.models.tiny import build_tiny_unifilter
+    from mmsieve.runner import run_steps
+
+    checkpoint = build_tiny_unifilter(out / "models" / "tiny-random-unifilter")
+    scoring: dict[str, Any] = {"checkpoint": str(checkpoint), "trained": False}
+    if verbose:
+        print(f"\n== UniFilter scoring with a tiny RANDOM checkpoint ({checkpoint}): mechanics only, scores are noise")
+    for name in ("captions", "interleaved", "conversations"):
+        stats = run_steps(
+            str(out / name / "kept"), out / f"{name}_scored", [UniFilterScorer(str(checkpoint))], overwrite=True
+        )
+        scored = json.loads((out / f"{name}_scored" / "stats.json").read_text())
+        scoring[name] = {"rows": scored["rows_in"], "rows_per_second": stats["rows_per_second"]}
+        if verbose:
+            print(
+                f"  {name:<14} {scored['rows_in']:>3} rows scored -> {out / f'{name}_scored'}/kept (unifilter_score column)"
+            )
+    return scoring
