@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmsieve import reasons
-from mmsieve.filters.score_filter import ScoreFilter
+from mmsieve.filters.score_filter import ModelScoreFilter
 from mmsieve.images import DecodePool
 from mmsieve.sample import Sample
 from mmsieve.schemas import Schema
@@ -311,7 +311,7 @@ class ClipScoreScorer(SampleScorer):
         return ("_encoder", "_pool")
 
 
-class ClipScoreFilter(ScoreFilter):
+class ClipScoreFilter(ModelScoreFilter):
     """Keeps samples whose CLIP/SigLIP score reaches `threshold`, or the top `keep_fraction` of the run.
 
     DataComp's CLIP-score filter for ViT-B/32 keeps cosine >= 0.25 or 0.28, or the top 30%; SigLIP
@@ -326,22 +326,9 @@ class ClipScoreFilter(ScoreFilter):
 
     name = "📎 CLIP score filter"
 
-    def __init__(
-        self,
-        model: str,
-        threshold: float | None = None,
-        keep_fraction: float | None = None,
-        exclusion_writer: Any = None,
-        **scorer_options: Any,
-    ):
-        super().__init__(
-            SCORE_COLUMN,
-            threshold=threshold,
-            keep_fraction=keep_fraction,
-            scorer=ClipScoreScorer(model, **scorer_options),
-            error_column=ERROR_COLUMN,
-            exclusion_writer=exclusion_writer,
-        )
+    scorer_class = ClipScoreScorer
+    score_column = SCORE_COLUMN
+    score_error_column = ERROR_COLUMN
 
 
 __all__ = [

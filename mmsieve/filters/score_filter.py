@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from mmsieve.sample import DETAIL_COLUMN, KEEP_COLUMN, REASON_COLUMN, Sample
 from mmsieve.schemas import Schema
@@ -145,3 +145,31 @@ class ScoreFilter(SampleFilter):
                 reasons.append(self.reason)
                 details.append(f"{self.column} {score:.4f} < {self.threshold:.4f}")
         return {KEEP_COLUMN: keep, REASON_COLUMN: reasons, DETAIL_COLUMN: details, **out}
+
+
+class ModelScoreFilter(ScoreFilter):
+    """A `ScoreFilter` around one scorer class: `Filter(model, threshold=... | keep_fraction=..., **scorer_options)`.
+
+    Subclasses set `scorer_class`, `score_column` and `score_error_column`.
+    """
+
+    scorer_class: ClassVar[type[SampleScorer]]
+    score_column: ClassVar[str]
+    score_error_column: ClassVar[str]
+
+    def __init__(
+        self,
+        model: str,
+        threshold: float | None = None,
+        keep_fraction: float | None = None,
+        exclusion_writer: Any = None,
+        **scorer_options: Any,
+    ):
+        super().__init__(
+            self.score_column,
+            threshold=threshold,
+            keep_fraction=keep_fraction,
+            scorer=self.scorer_class(model, **scorer_options),
+            error_column=self.score_error_column,
+            exclusion_writer=exclusion_writer,
+        )

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mmsieve import reasons
-from mmsieve.filters.score_filter import ScoreFilter
+from mmsieve.filters.score_filter import ModelScoreFilter
 from mmsieve.filters.unifilter_inputs import (
     CAPTION_MAX_IDS,
     DOCUMENT_MAX_IDS,
@@ -280,7 +280,7 @@ class UniFilterScorer(SampleScorer):
         return out
 
 
-class UniFilterFilter(ScoreFilter):
+class UniFilterFilter(ModelScoreFilter):
     """Keeps samples whose UniFilter score reaches `threshold`, or the top `keep_fraction` of the run.
 
     Dropped rows carry `low_unifilter_score`, or the reason they could not be scored. Every row keeps
@@ -295,19 +295,6 @@ class UniFilterFilter(ScoreFilter):
 
     name = "🔬 UniFilter filter"
 
-    def __init__(
-        self,
-        model: str,
-        threshold: float | None = None,
-        keep_fraction: float | None = None,
-        exclusion_writer: Any = None,
-        **scorer_options: Any,
-    ):
-        super().__init__(
-            SCORE,
-            threshold=threshold,
-            keep_fraction=keep_fraction,
-            scorer=UniFilterScorer(model, **scorer_options),
-            error_column=ERROR,
-            exclusion_writer=exclusion_writer,
-        )
+    scorer_class = UniFilterScorer
+    score_column = SCORE
+    score_error_column = ERROR
