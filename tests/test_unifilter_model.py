@@ -31,7 +31,7 @@ from mmsieve.models import (
     pick_device,
     pick_dtype,
 )
-from mmsieve.models.tiny import build_tiny_siglip, build_tiny_unifilter, build_tokenizer
+from mmsieve.models.tiny import build_tiny_siglip_tower, build_tiny_unifilter, build_tokenizer
 
 
 PROJECTOR_KEYS = {f"model.mm_projector.mlp_projector.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")}
@@ -163,9 +163,9 @@ def test_vision_tower_override(tiny: dict[str, Path], tmp_path: Path) -> None:
     assert (model.image_size, model.image_mean, model.image_std) == (54, (0.5,) * 3, (0.5,) * 3)
     assert torch.equal(model.encode_images(_pixels(1)), reference.encode_images(_pixels(1)))
 
-    dual = build_tiny_siglip(tmp_path / "dual", dual=True)  # image+text SigLIP, as Google publishes
+    dual = build_tiny_siglip_tower(tmp_path / "dual", dual=True)  # image+text SigLIP, as Google publishes
     assert UniFilterModel.from_pretrained(tiny["qwen2"], vision_tower=dual).encode_images(_pixels(1)).shape[1] == 144
-    wrong = build_tiny_siglip(tmp_path / "wide", hidden=48)
+    wrong = build_tiny_siglip_tower(tmp_path / "wide", hidden=48)
     with pytest.raises(ValueError, match="mm_hidden_size=32"):
         UniFilterModel.from_pretrained(tiny["qwen2"], vision_tower=wrong)
 

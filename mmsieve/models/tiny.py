@@ -53,33 +53,44 @@ SMALL_SIZES: dict[str, int] = {
 }
 
 
-def build_tokenizer(vocab_size: int = 512) -> Any:
+def build_tokenizer(vocab_size: int = 512, *, wrap: bool = False, max_length: int | None = None) -> Any:
     """A byte-level BPE tokenizer trained on `CORPUS`: BOS "<s>" (an added special token), EOS "</s>", PAD "<pad>".
 
-    Like Qwen's, it adds no special tokens by itself; the scorer prepends BOS and appends EOS.
+    Like Qwen's, it adds no special tokens by itself; the scorer prepends BOS and appends EOS. With
+    `wrap=True` it wraps every text in `<s> ... </s>`, as CLIP's tokenizer does (CLIP pools at EOS).
 
     Example:
         >>> tok = build_tokenizer()
         >>> tok.decode(tok("naïve café 🙂").input_ids)
         'naïve café 🙂'
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))  # byte-level: never used, but processors ask for one
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=["<pad>", "</s>"],
+        special_tokens=["<pad>", "</s>", "<unk>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(CORPUS, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", padding_side="right")
-    fast.add_special_tokens({"additional_special_tokens": ["<s>"]})  # as the official HEAD training does
-    fast.bos_token = "<s>"
-    return fast
+    tok.add_special_tokens(["<s>"])  # as the official HEAD training does
+    if wrap:
+        special = [("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))]
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=special)
+    options = {"model_max_length": max_length} if max_length else {}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="right",
+        **options,
+    )
 
 
 def _write_preprocessor_config(path: Path, image_size: int) -> None:
@@ -99,7 +110,7 @@ def _write_preprocessor_config(path: Path, image_size: int) -> None:
     (path / "preprocessor_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def build_tiny_siglip(
+def build_tiny_siglip_tower(
     path: str | Path,
     *,
     layers: int = 2,
@@ -112,7 +123,7 @@ def build_tiny_siglip(
     """Save a random SigLIP vision tower (or, with `dual=True`, a full image+text SigLIP like Google's repos).
 
     Example:
-        >>> tower = build_tiny_siglip(tmp_path / "siglip")  # 27x27 patches of 32 dims  # doctest: +SKIP
+        >>> tower = build_tiny_siglip_tower(tmp_path / "siglip")  # 27x27 patches of 32 dims  # doctest: +SKIP
     """
     from transformers import SiglipConfig, SiglipModel, SiglipVisionConfig, SiglipVisionModel
 
@@ -198,7 +209,7 @@ def build_tiny_unifilter(
     }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        build_tiny_siglip(
+        build_tiny_siglip_tower(
             path / "vision_tower",
             layers=vision_layers,
             hidden=vision_hidden,

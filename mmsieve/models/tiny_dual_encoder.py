@@ -22,18 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mmsieve.models.tiny import build_tokenizer
 
-_CORPUS = [
-    "a photo of a cat",
-    "a cup of coffee on a table",
-    "a rocket launching into the sky",
-    "an astronaut in a suit",
-    "what is in the image?",
-    "describe the image",
-    "a red flower",
-    "a city with old buildings",
-    "the quick brown fox",
-] * 20
 
 _VISION = {
     "hidden_size": 32,
@@ -47,29 +37,7 @@ TEXT_LENGTH = 16  # the tiny models' maximum text length, in tokens
 
 
 def _tokenizer() -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<pad>", "<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(_CORPUS, trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        model_max_length=TEXT_LENGTH,
-    )
+    return build_tokenizer(300, wrap=True, max_length=TEXT_LENGTH)  # CLIP pools at the EOS every text must end with
 
 
 def _text_config(tok: Any) -> dict[str, Any]:
