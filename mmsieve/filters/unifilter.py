@@ -225,13 +225,17 @@ class UniFilterScorer(SampleScorer):
         keys = [(i, k) for i in items for k in sequences[i].images]
         image_embeds: dict[tuple[int, int], Any] = {}
         if keys:
-            stacked = torch.stack([pixels[key] for key in keys]).to(model.device, model.dtype, non_blocking=True)
+            stacked = torch.stack([pixels[key] for key in keys])
+            if model.device.type == "cuda":
+                stacked = stacked.pin_memory()  # page-locked, so the copy below overlaps with compute
+            stacked = stacked.to(model.device, model.dtype, non_blocking=True)
             for key, embeds in zip(keys, model.encode_images(stacked)):  # [N, T, H]
                 image_embeds[key] = embeds
         text_ids = [
             torch.tensor([t for t in sequences[i].ids if t != IMAGE_TOKEN_INDEX], dtype=torch.long) for i in items
         ]
-        text_embeds = model.embed_tokens(torch.cat(text_ids).to(model.device)).split([len(t) for t in text_ids])
+        all_ids = torch.cat(text_ids).to(model.device, non_blocking=True)
+        text_embeds = model.embed_tokens(all_ids).split([len(t) for t in text_ids])
         rows = []
         for item, embeds in zip(items, text_embeds):
             parts, cursor, slot = [], 0, 0
