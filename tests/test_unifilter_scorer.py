@@ -162,6 +162,9 @@ def test_token_budget_batches_cover_every_item_once():
     batches = token_budget_batches(lengths, max_tokens=500)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     assert all(len(b) * max(lengths[i] for i in b) <= 500 or len(b) == 1 for b in batches)
+    assert all(max(lengths[i] for i in b) <= 1.25 * min(lengths[i] for i in b) for b in batches)
+    assert token_budget_batches([100, 90, 80, 79], max_tokens=10_000) == [[0, 1, 2], [3]]
+    assert token_budget_batches([100, 90, 80, 79], max_tokens=10_000, max_length_ratio=2) == [[0, 1, 2, 3]]
 
 
 def test_both_surfaces_agree_and_filter(qwen2_ckpt, photos, tmp_path):

@@ -62,6 +62,7 @@ class UniFilterScorer(SampleScorer):
         vision_tower: override `config.mm_vision_tower` (a Hub id or a local copy of SigLIP).
         batch_size: samples per step batch (the window sorted by length).
         max_batch_tokens: token budget of one forward pass (items x longest expanded sequence).
+        max_length_ratio: a pass holds no item shorter than its longest by more than this (padding cap).
         caption_max_ids / max_images / max_ids: the official limits (75 ids for captions; 10 images
             and 6,000 ids for documents).
         overflow: `skip` (official: no score, with a reason) or `truncate` documents over the limits.
@@ -77,8 +78,9 @@ class UniFilterScorer(SampleScorer):
         model: str,
         *,
         vision_tower: str | None = None,
-        batch_size: int = 64,
+        batch_size: int = 128,
         max_batch_tokens: int = 16_384,
+        max_length_ratio: float = 1.25,
         caption_max_ids: int = CAPTION_MAX_IDS,
         max_images: int = DOCUMENT_MAX_IMAGES,
         max_ids: int = DOCUMENT_MAX_IDS,
@@ -91,7 +93,8 @@ class UniFilterScorer(SampleScorer):
         if overflow not in ("skip", "truncate"):
             raise ValueError(f"overflow must be 'skip' or 'truncate', got {overflow!r}")
         self.model_name, self.vision_tower = model, vision_tower
-        self.max_batch_tokens, self.caption_max_ids = max_batch_tokens, caption_max_ids
+        self.max_batch_tokens, self.max_length_ratio = max_batch_tokens, max_length_ratio
+        self.caption_max_ids = caption_max_ids
         self.max_images, self.max_ids, self.overflow = max_images, max_ids, overflow
         self.device, self.dtype, self.workers = device, dtype, workers
         self._model: Any = None
@@ -209,7 +212,7 @@ class UniFilterScorer(SampleScorer):
             min(sequences[i].expanded_length(model.num_image_tokens), model.max_length or 10**9) for i in scorable
         ]
         logits: dict[int, Any] = {}
-        for group in token_budget_batches(lengths, self.max_batch_tokens):
+        for group in token_budget_batches(lengths, self.max_batch_tokens, max_length_ratio=self.max_length_ratio):
             items = [scorable[g] for g in group]
             with torch.inference_mode():
                 batch_logits = self._forward(items, sequences, prepared.pixels)
