@@ -30,7 +30,6 @@ from mmsieve.filters.unifilter_inputs import (
     CAPTION_MAX_IDS,
     DOCUMENT_MAX_IDS,
     DOCUMENT_MAX_IMAGES,
-    IMAGE_TOKEN_INDEX,
     Overflow,
     ScoringSequence,
     caption_sequence,
@@ -39,6 +38,7 @@ from mmsieve.filters.unifilter_inputs import (
     token_budget_batches,
 )
 from mmsieve.images import DecodePool
+from mmsieve.models.sequences import assemble_inputs
 from mmsieve.sample import Sample
 from mmsieve.steps import Columns, SampleScorer
 
@@ -58,7 +58,7 @@ class UniFilterScorer(SampleScorer):
     """Adds UniFilter scores to every sample and drops none.
 
     Args:
-        model: a Hub id or local path of a UniFilter checkpoint (official format).
+        model: a Hub id or local path of a UniFilter checkpoint (official format), or a loaded `UniFilterModel`.
         vision_tower: override `config.mm_vision_tower` (a Hub id or a local copy of SigLIP).
         batch_size: samples per step batch (the window sorted by length).
         max_batch_tokens: token budget of one forward pass (items x longest expanded sequence).
@@ -75,7 +75,7 @@ class UniFilterScorer(SampleScorer):
 
     def __init__(
         self,
-        model: str,
+        model: Any,
         *,
         vision_tower: str | None = None,
         batch_size: int = 128,
@@ -92,12 +92,14 @@ class UniFilterScorer(SampleScorer):
         super().__init__(batch_size=batch_size)
         if overflow not in ("skip", "truncate"):
             raise ValueError(f"overflow must be 'skip' or 'truncate', got {overflow!r}")
-        self.model_name, self.vision_tower = model, vision_tower
+        loaded = None if isinstance(model, str) else model  # an already loaded UniFilterModel (e.g. while training)
+        self.model_name = model if loaded is None else loaded.name_or_path
+        self.vision_tower = vision_tower
         self.max_batch_tokens, self.max_length_ratio = max_batch_tokens, max_length_ratio
         self.caption_max_ids = caption_max_ids
         self.max_images, self.max_ids, self.overflow = max_images, max_ids, overflow
         self.device, self.dtype, self.workers = device, dtype, workers
-        self._model: Any = None
+        self._model: Any = loaded
         self._pool: DecodePool | None = None
 
     # -- lazy resources ---------------------------------------------------------------------------
@@ -234,29 +236,9 @@ class UniFilterScorer(SampleScorer):
             stacked = stacked.to(model.device, model.dtype, non_blocking=True)
             for key, embeds in zip(keys, model.encode_images(stacked)):  # [N, T, H]
                 image_embeds[key] = embeds
-        text_ids = [
-            torch.tensor([t for t in sequences[i].ids if t != IMAGE_TOKEN_INDEX], dtype=torch.long) for i in items
-        ]
-        all_ids = torch.cat(text_ids).to(model.device, non_blocking=True)
-        text_embeds = model.embed_tokens(all_ids).split([len(t) for t in text_ids])
-        rows = []
-        for item, embeds in zip(items, text_embeds):
-            parts, cursor, slot = [], 0, 0
-            for token in sequences[item].ids:
-                if token == IMAGE_TOKEN_INDEX:
-                    parts.append(image_embeds[(item, sequences[item].images[slot])])
-                    slot += 1
-                else:
-                    parts.append(embeds[cursor : cursor + 1])
-                    cursor += 1
-            row = torch.cat(parts)
-            rows.append(row[: model.max_length] if model.max_length else row)
-        longest = max(len(r) for r in rows)
-        inputs = rows[0].new_zeros((len(rows), longest, rows[0].shape[-1]))  # right padding: [B, L, H]
-        mask = torch.zeros((len(rows), longest), dtype=torch.long, device=rows[0].device)
-        for b, row in enumerate(rows):
-            inputs[b, : len(row)] = row
-            mask[b, : len(row)] = 1
+        slots = [image_embeds[(i, k)] for i in items for k in sequences[i].images]
+        rows = [sequences[i].ids for i in items]
+        inputs, mask, _ = assemble_inputs(rows, slots, model.embed_tokens, model.max_length)  # [B, L, H], [B, L]
         return model.classify(inputs, mask).float().cpu()
 
     def _readout(self, sequences: list[ScoringSequence], logits: dict[int, Any]) -> Columns:

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mmsieve import reasons
+from mmsieve.models.sequences import IMAGE_TOKEN_INDEX
 from mmsieve.sample import Sample
 
 
-IMAGE_TOKEN_INDEX = -200
 IMAGE_MARKER = "<image>"
 CAPTION_MAX_IDS = 75
 DOCUMENT_MAX_IMAGES = 10

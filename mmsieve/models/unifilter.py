@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any, ClassVar
@@ -297,6 +298,34 @@ def _image_preprocessing(
     return image_size, mean, std
 
 
+def image_features(vision_tower: SiglipVisionModel, pixel_values: torch.Tensor, layer: int = -1) -> torch.Tensor:
+    """SigLIP patch features `[N, P, Dv]` of encoder layer `layer` (-1: the last, BEFORE post_layernorm).
+
+    Example:
+        >>> features = image_features(tower, pixels)  # [N, 729, 1152] for so400m at 384 px  # doctest: +SKIP
+    """
+    if layer == -1:  # same as hidden_states[-1], without keeping every layer's activations alive
+        embeds = vision_tower.embeddings(pixel_values)  # [N, P, Dv]
+        return vision_tower.encoder(inputs_embeds=embeds).last_hidden_state
+    return vision_tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[layer]
+
+
+SHIPPED_TOWER = "vision_tower"  # mm_vision_tower value of a checkpoint that carries its own tower
+
+
+def _shipped_tower(name_or_path: str, revision: str | None) -> str:
+    """The `vision_tower/` folder inside a checkpoint: a local subfolder, or fetched from the Hub repo."""
+    local = Path(name_or_path) / SHIPPED_TOWER
+    if local.is_dir():
+        return str(local)
+    if Path(name_or_path).exists():
+        raise ValueError(f"{name_or_path} says mm_vision_tower={SHIPPED_TOWER!r} but has no {SHIPPED_TOWER}/ folder")
+    from huggingface_hub import snapshot_download
+
+    root = snapshot_download(name_or_path, revision=revision, allow_patterns=[f"{SHIPPED_TOWER}/*"])
+    return str(Path(root) / SHIPPED_TOWER)
+
+
 class UniFilterModel:
     """Everything a UniFilter scorer needs, loaded once: classifier, SigLIP tower, tokenizer and image settings.
 
@@ -376,6 +405,8 @@ class UniFilterModel:
             raise ValueError(
                 f"{name_or_path}: config.mm_vision_tower is empty; pass vision_tower=<SigLIP id or path>."
             )
+        if vision_tower is None and tower == SHIPPED_TOWER:
+            tower = _shipped_tower(name_or_path, revision)
         if config.mm_vision_select_feature != "patch":
             raise ValueError(
                 f"unsupported mm_vision_select_feature={config.mm_vision_select_feature!r}; only 'patch'."
@@ -432,12 +463,7 @@ class UniFilterModel:
         Features are the output of encoder layer `mm_vision_select_layer` (-1: the last, before post_layernorm).
         """
         pixel_values = pixel_values.to(self.device, self.vision_tower.dtype, non_blocking=True)
-        layer = self.config.mm_vision_select_layer
-        if layer == -1:  # same as hidden_states[-1], without keeping every layer's activations alive
-            embeds = self.vision_tower.embeddings(pixel_values)  # [N, P, Dv]
-            features = self.vision_tower.encoder(inputs_embeds=embeds).last_hidden_state
-        else:
-            features = self.vision_tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[layer]
+        features = image_features(self.vision_tower, pixel_values, self.config.mm_vision_select_layer)
         return self.classifier.project_image_features(features)  # [N, T, H]
 
     @torch.inference_mode()
@@ -454,14 +480,37 @@ class UniFilterModel:
         )
         return out.logits.float()
 
-    def save_pretrained(self, path: str | Path) -> Path:
+    def save_pretrained(self, path: str | Path, *, ship_vision_tower: bool = False) -> Path:
         """Write the official format: config.json, model.safetensors (no tower weights), tokenizer files.
+
+        With `ship_vision_tower=True` (a tower trained or initialised here, not downloadable elsewhere) the
+        tower is saved in `path/vision_tower/` and `mm_vision_tower` says `"vision_tower"`; `from_pretrained`
+        then loads it from the checkpoint itself, local or on the Hub.
 
         Example:
             >>> model.save_pretrained("out/unifilter")  # doctest: +SKIP
         """
         path = Path(path)
-        self.classifier.save_pretrained(path)
+        recorded = self.config.mm_vision_tower
+        if ship_vision_tower:
+            self.vision_tower.save_pretrained(path / SHIPPED_TOWER)
+            processor = {
+                "image_processor_type": "SiglipImageProcessor",
+                "do_resize": True,
+                "size": {"height": self.image_size, "width": self.image_size},
+                "resample": 3,
+                "do_rescale": True,
+                "rescale_factor": 1 / 255,
+                "do_normalize": True,
+                "image_mean": list(self.image_mean),
+                "image_std": list(self.image_std),
+            }
+            (path / SHIPPED_TOWER / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+            self.config.mm_vision_tower = SHIPPED_TOWER
+        try:
+            self.classifier.save_pretrained(path)
+        finally:
+            self.config.mm_vision_tower = recorded
         self.tokenizer.save_pretrained(path)
         return path
 
