@@ -3,6 +3,9 @@
     mmsieve filter --input SRC --output DIR [--kind auto|caption|interleaved|conversation]
                    [--columns image=COL,text=COL] [--split NAME] [--limit N] [--tasks N] [--workers N]
     mmsieve score --model ID_OR_PATH --input SRC --output DIR [--threshold X | --keep-fraction F] [--scorer clip]
+    mmsieve synth --output DIR [--source easyvqa|SRC] [--generator contrastive|teacher]
+    mmsieve train --data DIR --init CHECKPOINT --output DIR
+    mmsieve eval --model CHECKPOINT --data DIR
     mmsieve demo [--output DIR]
 
 A bad argument or an unreadable input prints one line on stderr and exits with code 2.
@@ -155,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--aggregate", choices=("mean", "min", "max"), default="mean", help="CLIP: per-pair aggregation"
     )
     group.add_argument("--device", default=None, help="force a device (default: the task's GPU, else CPU)")
+    from mmsieve.training.commands import add_commands
+
+    add_commands(sub, _positive)
     p_demo = sub.add_parser(
         "demo", help="build the demo set from photos shipped in scikit-image and run the pipeline on it"
     )
@@ -256,6 +262,18 @@ def _run(args: argparse.Namespace, step: Any) -> int:
     return 0
 
 
+def _run_training_command(args: argparse.Namespace) -> int:
+    from mmsieve.training import commands
+
+    run = {"synth": commands.run_synth, "train": commands.run_train, "eval": commands.run_eval}[args.command]
+    try:
+        report = run(args)
+    except ValueError as err:  # bad data or arguments found while reading them
+        raise CliError(str(err)) from None
+    print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from mmsieve.demo import run_demo
 
@@ -276,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_filter(args)
         if args.command == "score":
             return _run(args, _score_step(args))
+        if args.command in ("synth", "train", "eval"):
+            return _run_training_command(args)
         return _run_demo(args)
     except (CliError, SourceError, SchemaError, OutputExistsError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -1,7 +1,8 @@
 """Open a data source as a `datasets.Dataset` whose images stay encoded bytes.
 
 A source is a Hub dataset id (`"HuggingFaceM4/FineVision"`), a local folder or file of parquet /
-jsonl shards, or a folder written by `Dataset.save_to_disk`. Image columns are cast to
+jsonl shards (a folder with a `data/` subfolder, the Hub repo layout, is read from `data/`), or a
+folder written by `Dataset.save_to_disk`. Image columns are cast to
 `Image(decode=False)`, so rows carry `{"bytes", "path"}` cells and nothing is decoded until a model
 batch needs pixels.
 
@@ -89,6 +90,8 @@ def open_source(source: str, *, split: str | None = None, config: str | None = N
             if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
                 loaded = datasets.load_from_disk(str(path))
             else:
+                if path.is_dir() and (path / "data").is_dir():  # the Hub repo layout: data/ beside README.md etc.
+                    path = path / "data"
                 builder, files = _local_data_files(path)
                 # a folder gets datasets' split inference from file names (train-*, test-*, data/...)
                 where = {"data_files": files} if path.is_file() else {"data_dir": str(path)}

@@ -77,9 +77,17 @@ class UniFilterForTraining(nn.Module):
         model: a loaded `UniFilterModel` (its classifier is trained in place).
         objective: `classify` (stage 2) or `align` (stage 1).
         train_vision: also train the tower (not the recipe; useful only for a tower initialised at random).
+        train_llm: in stage 1, also train the LLM (not the recipe; for a model initialised at random, where the
+            captioning loss is what teaches the decoder to read colours and shapes out of the image tokens).
     """
 
-    def __init__(self, model: UniFilterModel, objective: Objective = "classify", train_vision: bool = False):
+    def __init__(
+        self,
+        model: UniFilterModel,
+        objective: Objective = "classify",
+        train_vision: bool = False,
+        train_llm: bool = False,
+    ):
         super().__init__()
         self.classifier = model.classifier
         self.vision_tower = model.vision_tower
@@ -87,8 +95,8 @@ class UniFilterForTraining(nn.Module):
         self.max_length = model.max_length
         self.objective = objective
         self.vision_tower.requires_grad_(train_vision)
-        if objective == "align":  # stage 1: only the projector learns
-            self.classifier.requires_grad_(False)
+        if objective == "align":  # stage 1: only the projector learns (the LLM too when it starts from random)
+            self.classifier.requires_grad_(train_llm)
             self.classifier.model.mm_projector.requires_grad_(True)
         else:
             self.classifier.requires_grad_(True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,6 +41,7 @@ class TrainConfig:
     seed: int = 0
     max_seconds: float | None = None  # stop (after evaluating and saving) once training has run this long
     train_vision: bool = False
+    train_llm: bool = False  # stage 1 only: also train the LLM (a model initialised at random)
     lora: bool = False
     lora_rank: int = 16
     lora_alpha: int = 32
@@ -94,7 +96,9 @@ def _metrics_fn(kinds: Sequence[str]) -> Any:
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         results = evaluate_predictions(scores_from_logits(logits).tolist(), prediction.label_ids.tolist(), kinds)
         overall = results["overall"]
-        return {k: float(overall[k]) for k in ("accuracy", "macro_f1", "mae", "spearman") if overall.get(k) is not None}
+        return {
+            k: float(overall[k]) for k in ("accuracy", "macro_f1", "mae", "spearman") if overall.get(k) is not None
+        }
 
     return compute
 
@@ -116,6 +120,32 @@ def _time_budget_callback(seconds: float) -> Any:
             return control
 
     return TimeBudget()
+
+
+def _stderr_logger() -> Any:
+    from transformers import TrainerCallback
+
+    class StderrLogs(TrainerCallback):
+        """Training logs (loss, eval metrics) as one line each on stderr, so stdout stays the command's result."""
+
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+        ) -> None:
+            if logs and state.is_world_process_zero:
+                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in logs.items()}
+                print(f"[step {state.global_step}] {shown}", file=sys.stderr, flush=True)
+
+    return StderrLogs()
+
+
+def _checkpointing(enabled: bool) -> dict[str, bool]:
+    """Gradient (activation) checkpointing under whichever name this transformers version uses."""
+    from transformers import TrainingArguments
+
+    if not enabled:
+        return {}
+    fields = TrainingArguments.__dataclass_fields__
+    return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": True}
 
 
 def _apply_lora(wrapper: Any, config: TrainConfig) -> None:
@@ -165,7 +195,7 @@ def train_classifier(
     eval_examples, skipped_eval = featurize(model, *validation)
     if not train_examples or not eval_examples:
         raise ValueError(f"nothing to train on: skipped {skipped_train} (train), {skipped_eval} (validation)")
-    wrapper = UniFilterForTraining(model, config.objective, train_vision=config.train_vision).train()
+    wrapper = UniFilterForTraining(model, config.objective, config.train_vision, config.train_llm).train()
     if config.lora:
         _apply_lora(wrapper, config)
     cuda = model.device.type == "cuda"
@@ -187,7 +217,6 @@ def train_classifier(
         metric_for_best_model="accuracy" if config.objective == "classify" else "loss",
         greater_is_better=config.objective == "classify",
         bf16=cuda and torch.cuda.is_bf16_supported(),
-        gradient_checkpointing=cuda and config.objective == "classify",
         logging_steps=config.logging_steps,
         report_to=[],
         remove_unused_columns=False,
@@ -195,6 +224,7 @@ def train_classifier(
         seed=config.seed,
         use_cpu=not cuda,
         disable_tqdm=True,
+        **_checkpointing(cuda and config.objective == "classify"),
         **config.extra,
     )
     trainer = Trainer(
@@ -206,6 +236,10 @@ def train_classifier(
         compute_metrics=_metrics_fn([e.kind for e in eval_examples]) if config.objective == "classify" else None,
         callbacks=[_time_budget_callback(config.max_seconds)] if config.max_seconds else None,
     )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(_stderr_logger())
     started = time.perf_counter()
     checkpoints = sorted((out / "checkpoints").glob("checkpoint-*")) if resume else []
     trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
