@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from typing import TypeVar
@@ -26,6 +25,7 @@ from typing import TypeVar
 import numpy as np
 import skimage.data
 from PIL import Image, ImageChops
+from timing import best_of
 
 from mmsieve.images import DecodePool, decode_image
 
@@ -66,16 +66,6 @@ def build_corpus(n: int) -> list[bytes]:
     grain = Image.effect_noise((GRAIN_SIDE, GRAIN_SIDE), 6).convert("RGB")
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         return list(pool.map(lambda i: make_jpeg(bases[i % len(bases)], grain, i), range(n)))
-
-
-def best_of(repeats: int, fn: Callable[[], T]) -> tuple[float, T]:
-    """The fastest of `repeats` runs of `fn` in seconds, and the last run's result."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def main() -> None:

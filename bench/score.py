@@ -29,7 +29,6 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +36,7 @@ from typing import Any, TypeVar
 import torch
 import transformers
 from PIL import Image
+from timing import best_of
 
 from mmsieve.demo.corpus import demo_captions, demo_photos
 from mmsieve.filters.unifilter import UniFilterScorer
@@ -170,16 +170,6 @@ def build_samples(n: int, folder: Path, seed: int) -> list[Sample]:
 
 
 # ---------------------------------------------------------------------------------------------------- timing
-def best_of(repeats: int, fn: Callable[[], T]) -> tuple[float, T]:
-    """The fastest of `repeats` runs of `fn` in seconds, and the last run's result."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
-
-
 def batches_of(samples: list[Sample], size: int) -> list[list[Sample]]:
     return [samples[i : i + size] for i in range(0, len(samples), size)]
 

@@ -8,7 +8,7 @@ from mmsieve.demo import run_demo
 
 
 def test_demo_counts_and_outputs(tmp_path):
-    report = run_demo(tmp_path / "demo", verbose=False)
+    report = run_demo(tmp_path / "demo", verbose=False, train_minutes=0.3, train_images=60)
     summary = report["summary"]
     assert summary["captions"]["removed_by_reason"] == {
         "image_too_small": 2,
@@ -48,7 +48,16 @@ def test_demo_counts_and_outputs(tmp_path):
     assert isinstance(conversations.features["images"].feature, datasets.Image)
     assert conversations[0]["images"][0].size == (64, 64)
     assert set(conversations[0]["texts"][0]) == {"user", "assistant"}
-    assert report["scoring"]["trained"] is False
+    training = report["scoring"]["training"]
+    assert (
+        training["train_seconds"] <= 60
+        and (tmp_path / "demo" / "models" / "unifilter-easyvqa-demo" / "README.md").exists()
+    )
+    assert report["scoring"]["filter"]["rows_in"] == report["scoring"]["filter"]["kept"] + len(
+        datasets.load_dataset(
+            "parquet", data_dir=str(tmp_path / "demo" / "shape_captions_filtered" / "removed"), split="train"
+        )
+    )
     for name in ("captions", "interleaved", "conversations"):
         scored = datasets.load_dataset(
             "parquet", data_dir=str(tmp_path / "demo" / f"{name}_scored" / "kept"), split="train"

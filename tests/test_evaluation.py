@@ -211,3 +211,13 @@ def test_metric_values_are_finite_floats_or_none():
     metrics = evaluate_predictions(SCORES, LABELS)["overall"]
     for key in ("accuracy", "macro_f1", "mae", "spearman"):
         assert isinstance(metrics[key], float) and math.isfinite(metrics[key])
+
+
+def test_classification_heads_are_judged_by_their_argmax():
+    # p = (0.1, 0.3, 0.0, 0.6) has expected level 2.1, which rounds to 2, but the head's answer is 3
+    scores, labels = [2.1, 0.4], [3, 0]
+    by_rounding = evaluate_predictions(scores, labels)["overall"]
+    by_argmax = evaluate_predictions(scores, labels, classes=[3, 0])["overall"]
+    assert by_rounding["accuracy"] == 0.5 and by_argmax["accuracy"] == 1.0
+    assert by_argmax["mae"] == by_rounding["mae"]  # MAE and Spearman stay on the continuous score
+    assert by_argmax["confusion_matrix"][3][3] == 1

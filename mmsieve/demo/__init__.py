@@ -22,8 +22,11 @@ from typing import Any
 from mmsieve.demo.corpus import build_captions, build_conversations, build_interleaved
 
 
-def run_demo(output: str | Path = "demo_output", verbose: bool = True) -> dict[str, Any]:
-    """Build the demo sources under `output/sources` and run the hygiene pipeline on each.
+def run_demo(
+    output: str | Path = "demo_output", verbose: bool = True, train_minutes: float = 3.0, train_images: int = 600
+) -> dict[str, Any]:
+    """Build the demo sources under `output/sources`, run the hygiene pipeline on each, train a demo classifier
+    (at most `train_minutes`, on `train_images` easy-vqa images), then score and filter with it.
 
     Returns a report with the stats of every run and a compact `summary` (rows in, kept, removed
     by reason per source). Results go to `output/<source>/{kept,removed,stats.json}`.
@@ -51,30 +54,49 @@ def run_demo(output: str | Path = "demo_output", verbose: bool = True) -> dict[s
             for reason, count in stats["removed_by_reason"].items():
                 print(f"  removed {count:>3}  {reason}")
             print(f"  outputs: {out / name}/kept, {out / name}/removed, {out / name}/stats.json")
-    report["scoring"] = _score_stage(out, verbose)
+    report["scoring"] = _score_stage(out, verbose, train_minutes, train_images)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report
 
 
-def _score_stage(out: Path, verbose: bool) -> dict[str, Any]:
-    """Score every kind's kept rows with UniFilter. No trained checkpoint exists offline yet, so this uses a
-    tiny RANDOM checkpoint in the official format: it shows the mechanics, its numbers mean nothing."""
-    from mmsieve.filters import UniFilterScorer
-    from mmsieve.models.tiny import build_tiny_unifilter
+def _score_stage(out: Path, verbose: bool, minutes: float, images: int) -> dict[str, Any]:
+    """Train the demo classifier (at most 3 minutes), then score every kind's kept rows with it and filter a set of
+    unseen shape captions, reporting how many of each true level the filter kept."""
+    from collections import Counter
+
+    import datasets
+
+    from mmsieve.demo.training import train_demo_model, write_caption_source
+    from mmsieve.filters import UniFilterFilter, UniFilterScorer
     from mmsieve.runner import run_steps
 
-    checkpoint = build_tiny_unifilter(out / "models" / "tiny-random-unifilter")
-    scoring: dict[str, Any] = {"checkpoint": str(checkpoint), "trained": False}
+    training = train_demo_model(out, minutes=minutes, images=images, verbose=verbose)
+    checkpoint = training["checkpoint"]
+    scoring: dict[str, Any] = {"training": {k: v for k, v in training.items() if k != "test_records"}}
     if verbose:
-        print(f"\n== UniFilter scoring with a tiny RANDOM checkpoint ({checkpoint}): mechanics only, scores are noise")
+        print("\n== scoring the demo set with it (a shapes-only demo model: on photos its scores mean nothing)")
     for name in ("captions", "interleaved", "conversations"):
-        stats = run_steps(
-            str(out / name / "kept"), out / f"{name}_scored", [UniFilterScorer(str(checkpoint))], overwrite=True
-        )
+        run_steps(str(out / name / "kept"), out / f"{name}_scored", [UniFilterScorer(checkpoint)], overwrite=True)
         scored = json.loads((out / f"{name}_scored" / "stats.json").read_text())
-        scoring[name] = {"rows": scored["rows_in"], "rows_per_second": stats["rows_per_second"]}
+        scoring[name] = {"rows": scored["rows_in"]}
         if verbose:
-            print(
-                f"  {name:<14} {scored['rows_in']:>3} rows scored -> {out / f'{name}_scored'}/kept (unifilter_score column)"
-            )
+            print(f"  {name:<14} {scored['rows_in']:>3} rows scored -> {out / f'{name}_scored'}/kept")
+    source = write_caption_source(training["test_records"], out / "sources" / "shape_captions")
+    stats = run_steps(
+        str(source), out / "shape_captions_filtered", [UniFilterFilter(checkpoint, threshold=2.5)], overwrite=True
+    )
+    kept = datasets.load_dataset("parquet", data_dir=str(out / "shape_captions_filtered" / "kept"), split="train")
+    total = Counter(r.label for r in training["test_records"])
+    kept_by_level = Counter(kept["label"])
+    scoring["filter"] = {
+        "threshold": 2.5,
+        "rows_in": stats["rows_in"],
+        "kept": stats["kept"],
+        "kept_share_by_true_level": {str(v): round(kept_by_level[v] / total[v], 3) for v in sorted(total)},
+    }
+    if verbose:
+        shares = ", ".join(f"level {v}: {kept_by_level[v]}/{total[v]}" for v in sorted(total))
+        print(
+            f"  filter unifilter_score >= 2.5 on {stats['rows_in']} unseen shape captions: kept {stats['kept']} ({shares})"
+        )
     return scoring

@@ -47,7 +47,10 @@ def load_quality_metric():
 
 
 def evaluate_predictions(
-    scores: Sequence[float | None], labels: Sequence[int], kinds: Sequence[str] | None = None
+    scores: Sequence[float | None],
+    labels: Sequence[int],
+    kinds: Sequence[str] | None = None,
+    classes: Sequence[int | None] | None = None,
 ) -> dict[str, Any]:
     """Quality metrics of raw scores against true levels, overall and for each kind of sample present.
 
@@ -56,6 +59,8 @@ def evaluate_predictions(
             could not be scored (the scorer skipped it); such samples are left out and counted as `num_unscored`.
         labels: the true quality levels, 0-3.
         kinds: optional sample kinds (`caption`, `interleaved`, `conversation`, ...), one per score.
+        classes: the predicted levels when the model has a classification head (its argmax, the scorer's
+            `unifilter_class`); by default the class is `round(clamp(score, 0, 3))`, as for the regression head.
 
     Returns:
         `{"overall": metrics, "per_kind": {kind: metrics}}` where metrics holds `accuracy`, `macro_precision`,
@@ -70,23 +75,30 @@ def evaluate_predictions(
         raise ValueError(f"got {len(scores)} scores but {len(labels)} labels; pass one label per score")
     if kinds is not None and len(kinds) != len(scores):
         raise ValueError(f"got {len(scores)} scores but {len(kinds)} kinds; pass one kind per score")
-    results: dict[str, Any] = {"overall": _metrics(scores, labels), "per_kind": {}}
+    if classes is not None and len(classes) != len(scores):
+        raise ValueError(f"got {len(scores)} scores but {len(classes)} classes; pass one class per score")
+    results: dict[str, Any] = {"overall": _metrics(scores, labels, classes), "per_kind": {}}
     if kinds is not None:
         present = set(kinds)
         order = [kind for kind in KINDS if kind in present] + sorted(present - set(KINDS))
         for kind in order:
             rows = [i for i, k in enumerate(kinds) if k == kind]
-            results["per_kind"][kind] = _metrics([scores[i] for i in rows], [labels[i] for i in rows])
+            picked = [classes[i] for i in rows] if classes is not None else None
+            results["per_kind"][kind] = _metrics([scores[i] for i in rows], [labels[i] for i in rows], picked)
     return results
 
 
-def _metrics(scores: Sequence[float | None], labels: Sequence[int]) -> dict[str, Any]:
-    scored = [(float(s), int(y)) for s, y in zip(scores, labels) if s is not None and not math.isnan(s)]
-    unscored = len(scores) - len(scored)
-    if not scored:
+def _metrics(
+    scores: Sequence[float | None], labels: Sequence[int], classes: Sequence[int | None] | None = None
+) -> dict[str, Any]:
+    rows = [i for i, s in enumerate(scores) if s is not None and not math.isnan(s)]
+    unscored = len(scores) - len(rows)
+    if not rows:
         return {**dict.fromkeys(METRIC_KEYS), "num_samples": 0, "num_unscored": unscored}
-    predictions, references = zip(*scored)
-    metrics = load_quality_metric().compute(predictions=list(predictions), references=list(references))
+    extra = {"predicted_classes": [int(classes[i]) for i in rows]} if classes is not None else {}
+    metrics = load_quality_metric().compute(
+        predictions=[float(scores[i]) for i in rows], references=[int(labels[i]) for i in rows], **extra
+    )
     return {**metrics, "num_unscored": unscored}
 
 

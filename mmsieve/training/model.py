@@ -134,6 +134,14 @@ class UniFilterForTraining(nn.Module):
         return result
 
 
+def classes_from_logits(logits: Any) -> Any | None:
+    """The argmax level of a classification head's `[N, num_labels]` logits; None for a regression head."""
+    import numpy as np
+
+    logits = np.asarray(logits)
+    return None if logits.ndim == 1 or logits.shape[-1] == 1 else logits.argmax(-1)
+
+
 def scores_from_logits(logits: Any) -> Any:
     """Scores from `[N, num_labels]` logits (numpy): the raw value, or the expected class of a softmax head."""
     import numpy as np

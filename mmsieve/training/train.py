@@ -90,11 +90,17 @@ def featurize(
 
 def _metrics_fn(kinds: Sequence[str]) -> Any:
     from mmsieve.training.evaluation import evaluate_predictions
-    from mmsieve.training.model import scores_from_logits
+    from mmsieve.training.model import classes_from_logits, scores_from_logits
 
     def compute(prediction: Any) -> dict[str, float]:
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        results = evaluate_predictions(scores_from_logits(logits).tolist(), prediction.label_ids.tolist(), kinds)
+        classes = classes_from_logits(logits)
+        results = evaluate_predictions(
+            scores_from_logits(logits).tolist(),
+            prediction.label_ids.tolist(),
+            kinds,
+            classes.tolist() if classes is not None else None,
+        )
         overall = results["overall"]
         return {
             k: float(overall[k]) for k in ("accuracy", "macro_f1", "mae", "spearman") if overall.get(k) is not None

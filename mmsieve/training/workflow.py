@@ -54,8 +54,8 @@ def split_by_source(
 
 def score_samples(
     checkpoint: str | Path | Any, samples: Sequence[Sample], batch_size: int = 128
-) -> list[float | None]:
-    """`unifilter_score` of every sample, through the scorer users run (prefetching, batching)."""
+) -> tuple[list[float | None], list[int | None]]:
+    """`unifilter_score` and `unifilter_class` of every sample, through the scorer users run (prefetching, batching)."""
     from mmsieve.filters.unifilter import UniFilterScorer
 
     scorer = UniFilterScorer(
@@ -63,9 +63,11 @@ def score_samples(
     )
     batches = [list(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]
     scores: list[float | None] = []
+    classes: list[int | None] = []
     for _, columns in scorer.process_stream(batches):
         scores.extend(columns["unifilter_score"])
-    return scores
+        classes.extend(columns["unifilter_class"])
+    return scores, classes
 
 
 def evaluate_checkpoint(
@@ -74,7 +76,8 @@ def evaluate_checkpoint(
     """Accuracy, macro-F1, MAE, Spearman and the confusion matrix of `checkpoint` on labelled samples, per kind too."""
     from mmsieve.training.evaluation import evaluate_predictions
 
-    return evaluate_predictions(score_samples(checkpoint, samples), list(labels), [s.kind for s in samples])
+    scores, classes = score_samples(checkpoint, samples)
+    return evaluate_predictions(scores, list(labels), [s.kind for s in samples], classes)
 
 
 def write_card(

@@ -82,7 +82,7 @@ class QualityMetric(evaluate.Metric):
             reference_urls=["https://arxiv.org/abs/2510.15162", "https://github.com/Victorwz/UniFilter"],
         )
 
-    def _compute(self, predictions, references) -> dict:
+    def _compute(self, predictions, references, predicted_classes=None) -> dict:
         scores = np.asarray(predictions, dtype=np.float64)
         labels = np.asarray(references, dtype=np.int64)
         if scores.size == 0:
@@ -93,7 +93,12 @@ class QualityMetric(evaluate.Metric):
             raise ValueError(
                 f"references must be quality levels 0..{NUM_LEVELS - 1}, got {sorted(set(labels.tolist()))}"
             )
-        classes = np.array([class_from_score(s) for s in scores], dtype=np.int64)
+        if predicted_classes is None:  # a regression head: the class is the rounded, clamped score
+            classes = np.array([class_from_score(s) for s in scores], dtype=np.int64)
+        else:  # a classification head: its argmax (rounding its expected level would pull towards the middle)
+            classes = np.asarray(predicted_classes, dtype=np.int64)
+            if classes.shape != scores.shape:
+                raise ValueError(f"got {classes.size} predicted_classes for {scores.size} predictions")
         precision, recall, f1, _ = precision_recall_fscore_support(labels, classes, average="macro", zero_division=0)
         return {
             "accuracy": float((classes == labels).mean()),

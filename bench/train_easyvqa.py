@@ -1,0 +1,107 @@
+"""A real learning result: a small UniFilter-architecture classifier trained from random initialisation on
+semi-synthetic easy-vqa captions, evaluated on the 1,000 test images it never saw.
+
+Data: `ContrastiveGenerator.easyvqa` (offline, no teacher) writes four texts per image: 3 a fluent caption with
+the right shape and colour, 2 a true but generic text, 1 the same templates with one fact wrong (or badly written),
+0 another image's caption, spam, keyword soup or garbage. Level 3 and level 1 share templates, so the image
+decides. Model: the UniFilter architecture (SigLIP tower, average-pool projector, Qwen2 decoder, score head), tiny,
+random init (no pretrained weights are reachable here), 4-label cross-entropy head. Because nothing is pretrained,
+stage 1 (captioning loss on the level-3 captions) trains the tower and the LLM too, then stage 2 trains the classifier
+(tower frozen, as the recipe). Wall-clock budget: 15 minutes for both stages on this machine.
+
+    python bench/train_easyvqa.py [--minutes 15] [--output bench_output/easyvqa]
+
+The last line is one JSON object: {"accuracy": ..., "spearman": ..., "mae": ..., "train_seconds": ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from mmsieve.demo.training import EASYVQA_MODEL, samples_of, train_two_stages
+from mmsieve.models.tiny import build_tiny_unifilter
+from mmsieve.training.contrastive import ContrastiveGenerator
+from mmsieve.training.workflow import evaluate_checkpoint, split_by_source, write_card
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=15.0, help="training budget for both stages (default 15)")
+    parser.add_argument("--output", default="bench_output/easyvqa", help="where the checkpoints and the card go")
+    parser.add_argument("--stage1-epochs", type=float, default=8, help="captioning epochs (default 8)")
+    parser.add_argument("--stage1-share", type=float, default=0.15, help="share of the budget for stage 1 (0.15)")
+    parser.add_argument("--stage2-epochs", type=float, default=14, help="classifier epochs (default 14)")
+    parser.add_argument("--lr", type=float, default=3e-4, help="stage 2 learning rate (default 3e-4)")
+    parser.add_argument(
+        "--stage2-train-vision", action="store_true", help="the random tower keeps learning in stage 2"
+    )
+    args = parser.parse_args()
+    out = Path(args.output)
+    started = time.perf_counter()
+    generator = ContrastiveGenerator(seed=0)
+    train_records, test_records = generator.easyvqa("train"), generator.easyvqa("test")
+    samples, labels = samples_of(train_records)
+    test = samples_of(test_records)
+    train, validation = split_by_source(samples, labels, validation_fraction=0.1)
+    n_train_images = len({s.meta["source_id"] for s in samples})
+    n_test_images = len({s.meta["source_id"] for s in test[0]})
+    print(
+        f"data: {len(samples)} train texts ({n_train_images} images), {len(test[0])} test texts ({n_test_images} images)"
+    )
+    print(f"      built in {time.perf_counter() - started:.1f} s; model {EASYVQA_MODEL}")
+
+    init = build_tiny_unifilter(out / "init", **EASYVQA_MODEL)
+    checkpoint, train_seconds = train_two_stages(
+        init,
+        train,
+        validation,
+        out,
+        args.minutes * 60,
+        args.stage2_epochs,
+        stage1_epochs=args.stage1_epochs,
+        stage1_share=args.stage1_share,
+        learning_rate=args.lr,
+        stage2_train_vision=args.stage2_train_vision,
+    )
+    print(f"trained in {train_seconds:.0f} s (stage 1 captioning with everything training, then stage 2 classifier)")
+
+    results = evaluate_checkpoint(checkpoint, *test)
+    overall = results["overall"]
+    card = write_card(
+        checkpoint,
+        results,
+        repo_id="mmsieve/unifilter-easyvqa-demo",
+        eval_dataset="easy-vqa test images (1,000 images never seen in training), four texts each",
+        hyperparameters={"model": EASYVQA_MODEL, **{k: v for k, v in vars(args).items() if k != "output"}},
+        training_data=f"easy-vqa train images with offline contrastive texts at four levels ({len(train[0])} texts)",
+        summary=(
+            "A demonstration classifier trained from random initialisation on synthetic shapes (easy-vqa): it judges "
+            "whether a caption names the right shape and colour. It is not a general image-text quality model."
+        ),
+        limitations=[
+            "Trained only on 64x64 images of one coloured shape; useless on real photos.",
+            "Random initialisation: no pretrained language or vision knowledge.",
+        ],
+    )
+    print(
+        f"test: accuracy {overall['accuracy']:.3f}, macro-F1 {overall['macro_f1']:.3f}, MAE {overall['mae']:.3f}, "
+        f"Spearman {overall['spearman']:.3f}; confusion matrix {overall['confusion_matrix']}"
+    )
+    print(f"card: {card}; training took {train_seconds:.0f} s of a {args.minutes * 60:.0f} s budget")
+    print(
+        json.dumps(
+            {
+                "accuracy": round(overall["accuracy"], 4),
+                "spearman": round(overall["spearman"], 4),
+                "mae": round(overall["mae"], 4),
+                "train_seconds": round(train_seconds, 1),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
