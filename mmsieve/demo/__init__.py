@@ -85,9 +85,11 @@ def _score_stage(out: Path, verbose: bool, minutes: float, images: int) -> dict[
     stats = run_steps(
         str(source), out / "shape_captions_filtered", [UniFilterFilter(checkpoint, threshold=2.5)], overwrite=True
     )
-    kept = datasets.load_dataset("parquet", data_dir=str(out / "shape_captions_filtered" / "kept"), split="train")
     total = Counter(r.label for r in training["test_records"])
-    kept_by_level = Counter(kept["label"])
+    kept_by_level: Counter[int] = Counter()
+    if stats["kept"]:  # `datasets` cannot load an empty split
+        kept_folder = out / "shape_captions_filtered" / "kept"
+        kept_by_level.update(datasets.load_dataset("parquet", data_dir=str(kept_folder), split="train")["label"])
     scoring["filter"] = {
         "threshold": 2.5,
         "rows_in": stats["rows_in"],
