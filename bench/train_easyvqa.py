@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument(
         "--stage2-train-vision", action="store_true", help="the random tower keeps learning in stage 2"
     )
+    parser.add_argument("--llm-hidden", type=int, default=EASYVQA_MODEL["llm_hidden"], help="decoder width")
+    parser.add_argument("--llm-layers", type=int, default=EASYVQA_MODEL["llm_layers"], help="decoder layers")
     args = parser.parse_args()
     out = Path(args.output)
     started = time.perf_counter()
@@ -51,9 +53,10 @@ def main() -> None:
     print(
         f"data: {len(samples)} train texts ({n_train_images} images), {len(test[0])} test texts ({n_test_images} images)"
     )
-    print(f"      built in {time.perf_counter() - started:.1f} s; model {EASYVQA_MODEL}")
+    print(f"      built in {time.perf_counter() - started:.1f} s")
 
-    init = build_tiny_unifilter(out / "init", **EASYVQA_MODEL)
+    model = {**EASYVQA_MODEL, "llm_hidden": args.llm_hidden, "llm_layers": args.llm_layers}
+    init = build_tiny_unifilter(out / "init", **model)
     checkpoint, train_seconds = train_two_stages(
         init,
         train,
@@ -75,7 +78,7 @@ def main() -> None:
         results,
         repo_id="mmsieve/unifilter-easyvqa-demo",
         eval_dataset="easy-vqa test images (1,000 images never seen in training), four texts each",
-        hyperparameters={"model": EASYVQA_MODEL, **{k: v for k, v in vars(args).items() if k != "output"}},
+        hyperparameters={"model": model, **{k: v for k, v in vars(args).items() if k != "output"}},
         training_data=f"easy-vqa train images with offline contrastive texts at four levels ({len(train[0])} texts)",
         summary=(
             "A demonstration classifier trained from random initialisation on synthetic shapes (easy-vqa): it judges "

@@ -23,7 +23,7 @@ from mmsieve.demo.corpus import build_captions, build_conversations, build_inter
 
 
 def run_demo(
-    output: str | Path = "demo_output", verbose: bool = True, train_minutes: float = 3.0, train_images: int = 600
+    output: str | Path = "demo_output", verbose: bool = True, train_minutes: float = 3.0, train_images: int = 1000
 ) -> dict[str, Any]:
     """Build the demo sources under `output/sources`, run the hygiene pipeline on each, train a demo classifier
     (at most `train_minutes`, on `train_images` easy-vqa images), then score and filter with it.
@@ -67,7 +67,7 @@ def _score_stage(out: Path, verbose: bool, minutes: float, images: int) -> dict[
     import datasets
 
     from mmsieve.demo.training import train_demo_model, write_caption_source
-    from mmsieve.filters import UniFilterFilter, UniFilterScorer
+    from mmsieve.filters import ScoreFilter, UniFilterScorer
     from mmsieve.runner import run_steps
 
     training = train_demo_model(out, minutes=minutes, images=images, verbose=verbose)
@@ -82,16 +82,18 @@ def _score_stage(out: Path, verbose: bool, minutes: float, images: int) -> dict[
         if verbose:
             print(f"  {name:<14} {scored['rows_in']:>3} rows scored -> {out / f'{name}_scored'}/kept")
     source = write_caption_source(training["test_records"], out / "sources" / "shape_captions")
-    stats = run_steps(
-        str(source), out / "shape_captions_filtered", [UniFilterFilter(checkpoint, threshold=2.5)], overwrite=True
+    # the classifier has a 4-label head: keep the captions it puts in level 3 (its argmax, `unifilter_class`)
+    keep_level3 = ScoreFilter(
+        "unifilter_class", threshold=3, scorer=UniFilterScorer(checkpoint), error_column="unifilter_error"
     )
+    stats = run_steps(str(source), out / "shape_captions_filtered", [keep_level3], overwrite=True)
     total = Counter(r.label for r in training["test_records"])
     kept_by_level: Counter[int] = Counter()
     if stats["kept"]:  # `datasets` cannot load an empty split
         kept_folder = out / "shape_captions_filtered" / "kept"
         kept_by_level.update(datasets.load_dataset("parquet", data_dir=str(kept_folder), split="train")["label"])
     scoring["filter"] = {
-        "threshold": 2.5,
+        "rule": "unifilter_class == 3",
         "rows_in": stats["rows_in"],
         "kept": stats["kept"],
         "kept_share_by_true_level": {str(v): round(kept_by_level[v] / total[v], 3) for v in sorted(total)},
@@ -99,6 +101,6 @@ def _score_stage(out: Path, verbose: bool, minutes: float, images: int) -> dict[
     if verbose:
         shares = ", ".join(f"level {v}: {kept_by_level[v]}/{total[v]}" for v in sorted(total))
         print(
-            f"  filter unifilter_score >= 2.5 on {stats['rows_in']} unseen shape captions: kept {stats['kept']} ({shares})"
+            f"  filter unifilter_class == 3 on {stats['rows_in']} unseen shape captions: kept {stats['kept']} ({shares})"
         )
     return scoring

@@ -93,7 +93,7 @@ def train_two_stages(
     return out / "model", stage1.train_seconds + stage2.train_seconds
 
 
-def train_demo_model(out: Path, minutes: float = 3.0, images: int = 600, verbose: bool = True) -> dict[str, Any]:
+def train_demo_model(out: Path, minutes: float = 3.0, images: int = 1000, verbose: bool = True) -> dict[str, Any]:
     """Generate data, train for at most `minutes`, evaluate on unseen test images, write the card; return a report."""
     import json
 
@@ -116,7 +116,14 @@ def train_demo_model(out: Path, minutes: float = 3.0, images: int = 600, verbose
             f"\n== training a demo classifier from random init on synthetic shapes ({len(samples)} texts, <= {minutes} min)"
         )
     checkpoint, seconds = train_two_stages(
-        init, train, validation, models / "unifilter-easyvqa-demo", minutes * 60, 12
+        init,
+        train,
+        validation,
+        models / "unifilter-easyvqa-demo",
+        minutes * 60,
+        12,
+        stage1_epochs=8,
+        stage1_share=0.15,
     )
     results = evaluate_checkpoint(checkpoint, *test)
     card = write_card(
