@@ -130,7 +130,8 @@ def train_demo_model(out: Path, minutes: float = 3.0, images: int = 1000, verbos
         checkpoint,
         results,
         repo_id="mmsieve/unifilter-easyvqa-demo",
-        eval_dataset=f"easy-vqa test images never seen in training ({len(test[0])} texts)",
+        eval_dataset="easy-vqa",
+        eval_dataset_name=f"easy-vqa test split: images never seen in training ({len(test[0])} texts)",
         training_data=f"easy-vqa train images with offline contrastive texts at four levels ({len(train[0])} texts)",
         hyperparameters={"model": EASYVQA_MODEL, "budget_minutes": minutes},
         summary=(
