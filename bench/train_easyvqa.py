@@ -25,7 +25,7 @@ from pathlib import Path
 from mmsieve.demo.training import EASYVQA_MODEL, samples_of, train_two_stages
 from mmsieve.models.tiny import build_tiny_unifilter
 from mmsieve.training.contrastive import ContrastiveGenerator
-from mmsieve.training.workflow import evaluate_checkpoint, split_by_source, write_card
+from mmsieve.training.workflow import FROM_SCRATCH_STAGES, evaluate_checkpoint, split_by_source, write_card
 
 
 def main() -> None:
@@ -79,6 +79,7 @@ def main() -> None:
         results,
         repo_id="mmsieve/unifilter-easyvqa-demo",
         eval_dataset="easy-vqa",
+        stages=FROM_SCRATCH_STAGES,
         eval_dataset_name=f"easy-vqa test split: {n_test_images} images never seen in training, four texts each",
         hyperparameters={"model": model, **{k: v for k, v in vars(args).items() if k != "output"}},
         training_data=f"easy-vqa train images with offline contrastive texts at four levels ({len(train[0])} texts)",

@@ -100,7 +100,7 @@ def train_demo_model(out: Path, minutes: float = 3.0, images: int = 1000, verbos
     from mmsieve.models.tiny import build_tiny_unifilter
     from mmsieve.training.contrastive import ContrastiveGenerator
     from mmsieve.training.records import to_dataset
-    from mmsieve.training.workflow import evaluate_checkpoint, split_by_source, write_card
+    from mmsieve.training.workflow import FROM_SCRATCH_STAGES, evaluate_checkpoint, split_by_source, write_card
 
     generator = ContrastiveGenerator(seed=0)
     train_records, test_records = generator.easyvqa("train", images), generator.easyvqa("test", images // 3)
@@ -131,6 +131,7 @@ def train_demo_model(out: Path, minutes: float = 3.0, images: int = 1000, verbos
         results,
         repo_id="mmsieve/unifilter-easyvqa-demo",
         eval_dataset="easy-vqa",
+        stages=FROM_SCRATCH_STAGES,
         eval_dataset_name=f"easy-vqa test split: images never seen in training ({len(test[0])} texts)",
         training_data=f"easy-vqa train images with offline contrastive texts at four levels ({len(train[0])} texts)",
         hyperparameters={"model": EASYVQA_MODEL, "budget_minutes": minutes},

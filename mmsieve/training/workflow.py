@@ -92,6 +92,7 @@ def write_card(
     hyperparameters: dict[str, Any] | None = None,
     limitations: Sequence[str] = (),
     summary: str | None = None,
+    stages: Sequence[str] | None = None,
 ) -> Path:
     """Write `eval_results.json`, `confusion_matrix.png` and `README.md` (the model card) into `checkpoint`."""
     import json
@@ -102,6 +103,7 @@ def write_card(
     folder = Path(checkpoint)
     write_report(results, folder)
     config = json.loads((folder / "config.json").read_text())
+    num_labels = config.get("num_labels") or len(config.get("id2label") or {"0": "LABEL_0"})
     card = render_model_card(
         repo_id=repo_id,
         base_model=base_model,
@@ -109,11 +111,23 @@ def write_card(
         eval_dataset=eval_dataset,
         eval_dataset_name=eval_dataset_name,
         training_data=training_data,
-        stages=["stage 2: classifier (MSE on the 0-3 level), tower frozen unless stated in the hyperparameters"],
+        stages=stages if stages is not None else [_stage2(num_labels)],
         hyperparameters=hyperparameters,
         limitations=limitations,
         model_type=config.get("model_type", "llava_qwen"),
+        num_labels=num_labels,
         summary=summary,
     )
     card.save(folder / "README.md")
     return folder / "README.md"
+
+
+def _stage2(num_labels: int) -> str:
+    loss = "MSE on the 0-3 level" if num_labels == 1 else f"cross-entropy over {num_labels} levels"
+    return f"stage 2: classifier ({loss}); vision tower frozen, LLM and projector trained"
+
+
+FROM_SCRATCH_STAGES = [
+    "stage 1: captioning loss on the level-3 texts, training the tower, projector and LLM (nothing is pretrained)",
+    _stage2(4),
+]
