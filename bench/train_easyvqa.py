@@ -22,10 +22,10 @@ import json
 import time
 from pathlib import Path
 
-from mmsieve.demo.training import EASYVQA_MODEL, samples_of, train_two_stages
+from mmsieve.demo.training import EASYVQA_MODEL, evaluate_and_card, samples_of, train_two_stages
 from mmsieve.models.tiny import build_tiny_unifilter
 from mmsieve.training.contrastive import ContrastiveGenerator
-from mmsieve.training.workflow import FROM_SCRATCH_STAGES, evaluate_checkpoint, split_by_source, write_card
+from mmsieve.training.workflow import split_by_source
 
 
 def main() -> None:
@@ -72,26 +72,17 @@ def main() -> None:
     )
     print(f"trained in {train_seconds:.0f} s (stage 1 captioning with everything training, then stage 2 classifier)")
 
-    results = evaluate_checkpoint(checkpoint, *test)
-    overall = results["overall"]
-    card = write_card(
+    results, card = evaluate_and_card(
         checkpoint,
-        results,
-        repo_id="mmsieve/unifilter-easyvqa-demo",
-        eval_dataset="easy-vqa",
-        stages=FROM_SCRATCH_STAGES,
-        eval_dataset_name=f"easy-vqa test split: {n_test_images} images never seen in training, four texts each",
+        test,
+        n_train_texts=len(train[0]),
         hyperparameters={"model": model, **{k: v for k, v in vars(args).items() if k != "output"}},
-        training_data=f"easy-vqa train images with offline contrastive texts at four levels ({len(train[0])} texts)",
         summary=(
             "A demonstration classifier trained from random initialisation on synthetic shapes (easy-vqa): it judges "
             "whether a caption names the right shape and colour. It is not a general image-text quality model."
         ),
-        limitations=[
-            "Trained only on 64x64 images of one coloured shape; useless on real photos.",
-            "Random initialisation: no pretrained language or vision knowledge.",
-        ],
     )
+    overall = results["overall"]
     print(
         f"test: accuracy {overall['accuracy']:.3f}, macro-F1 {overall['macro_f1']:.3f}, MAE {overall['mae']:.3f}, "
         f"Spearman {overall['spearman']:.3f}; confusion matrix {overall['confusion_matrix']}"

@@ -100,7 +100,7 @@ def train_demo_model(out: Path, minutes: float = 3.0, images: int = 1000, verbos
     from mmsieve.models.tiny import build_tiny_unifilter
     from mmsieve.training.contrastive import ContrastiveGenerator
     from mmsieve.training.records import to_dataset
-    from mmsieve.training.workflow import FROM_SCRATCH_STAGES, evaluate_checkpoint, split_by_source, write_card
+    from mmsieve.training.workflow import split_by_source
 
     generator = ContrastiveGenerator(seed=0)
     train_records, test_records = generator.easyvqa("train", images), generator.easyvqa("test", images // 3)
@@ -125,21 +125,15 @@ def train_demo_model(out: Path, minutes: float = 3.0, images: int = 1000, verbos
         stage1_epochs=8,
         stage1_share=0.15,
     )
-    results = evaluate_checkpoint(checkpoint, *test)
-    card = write_card(
+    results, card = evaluate_and_card(
         checkpoint,
-        results,
-        repo_id="mmsieve/unifilter-easyvqa-demo",
-        eval_dataset="easy-vqa",
-        stages=FROM_SCRATCH_STAGES,
-        eval_dataset_name=f"easy-vqa test split: images never seen in training ({len(test[0])} texts)",
-        training_data=f"easy-vqa train images with offline contrastive texts at four levels ({len(train[0])} texts)",
+        test,
+        n_train_texts=len(train[0]),
         hyperparameters={"model": EASYVQA_MODEL, "budget_minutes": minutes},
         summary=(
             "A DEMO model trained from random initialisation on synthetic shapes (easy-vqa) in a few minutes on a CPU: "
             "it judges whether a caption names the right shape and colour. It is not an image-text quality model."
         ),
-        limitations=["Knows only 64x64 images of one coloured shape; its scores on real photos mean nothing."],
     )
     overall = results["overall"]
     report = {
@@ -156,6 +150,31 @@ def train_demo_model(out: Path, minutes: float = 3.0, images: int = 1000, verbos
         )
     report["test_records"] = test_records
     return report
+
+
+def evaluate_and_card(
+    checkpoint: Path, test: tuple[list, list[int]], *, n_train_texts: int, hyperparameters: dict, summary: str
+) -> tuple[dict[str, Any], Path]:
+    """Evaluate an easy-vqa classifier on unseen test images and write its report and model card next to it."""
+    from mmsieve.training.workflow import FROM_SCRATCH_STAGES, evaluate_checkpoint, write_card
+
+    results = evaluate_checkpoint(checkpoint, *test)
+    card = write_card(
+        checkpoint,
+        results,
+        repo_id="mmsieve/unifilter-easyvqa-demo",
+        eval_dataset="easy-vqa",
+        eval_dataset_name=f"easy-vqa test split: images never seen in training ({len(test[0])} texts)",
+        stages=FROM_SCRATCH_STAGES,
+        training_data=f"easy-vqa train images with offline contrastive texts at four levels ({n_train_texts} texts)",
+        hyperparameters=hyperparameters,
+        summary=summary,
+        limitations=[
+            "Knows only 64x64 images of one coloured shape; its scores on real photos mean nothing.",
+            "Random initialisation: no pretrained language or vision knowledge.",
+        ],
+    )
+    return results, card
 
 
 def write_caption_source(records: list[Any], folder: Path) -> Path:
