@@ -178,11 +178,11 @@ class _Teacher(BaseHTTPRequestHandler):
             state["max_inflight"] = max(state["max_inflight"], state["inflight"])
             trigger = next((t for t in ("SLOW", "FAIL500", "MALFORMED", "REFUSE", "EMPTY") if t in prompt), None)
             attempt = state["attempts"][prompt] = state["attempts"].get(prompt, 0) + 1
-        if trigger == "SLOW" and attempt == 1:  # no reply before the client's 0.25 s timeout
-            time.sleep(0.2)
+        if trigger == "SLOW" and attempt == 1:  # no reply before the client's 1 s timeout
+            time.sleep(0.5)  # half the timeout: a wide margin, so a busy machine cannot make the retry overlap
             with state["lock"]:
                 state["inflight"] -= 1  # the client is about to give up: its slot is free from now on
-            time.sleep(0.2)
+            time.sleep(0.7)
             return
         try:
             time.sleep(0.03)
@@ -240,7 +240,7 @@ def test_teacher_openai_backend(
     seeds.append(document_seeds[0])
     endpoint = f"http://127.0.0.1:{teacher_server.server_address[1]}"
     backend = OpenAIBackend(
-        endpoint, "tiny-teacher", api_key="sk-test", timeout=0.25, retries=2, concurrency=3, backoff=0.01
+        endpoint, "tiny-teacher", api_key="sk-test", timeout=1.0, retries=2, concurrency=3, backoff=0.01
     )
     assert "sk-test" not in repr(backend)
     stats = TeacherGenerator(backend, shard_size=16).generate(seeds, output_dir=tmp_path)
