@@ -83,21 +83,23 @@ def run_synth(args: argparse.Namespace) -> dict[str, Any]:
     from mmsieve.training.records import CaptionSeed, DocumentSeed, to_dataset
 
     out = Path(args.output)
-    if args.source == "easyvqa":
-        seeds: list[Any] = easyvqa_seeds(args.split, args.limit)
-    else:
-        seeds = _seeds_from_source(args.source, args.split, args.limit, CaptionSeed, DocumentSeed)
+    easyvqa = args.source == "easyvqa"
+    failed = 0
     if args.generator == "teacher":
+        seeds = (
+            easyvqa_seeds(args.split, args.limit)
+            if easyvqa
+            else _seeds_from_source(args.source, args.split, args.limit)
+        )
         records, failed = _teacher_records(args, seeds, out)
+    elif easyvqa:  # the generator builds its own seeds, with the facts its level-1/0 edits need
+        records = ContrastiveGenerator(args.seed, per_level=args.per_level).easyvqa(args.split, args.limit)
     else:
+        seeds = _seeds_from_source(args.source, args.split, args.limit)
         generator = ContrastiveGenerator(args.seed, per_level=args.per_level)
-        if args.source == "easyvqa":
-            records = generator.easyvqa(args.split, args.limit)
-        else:
-            captions = [s for s in seeds if isinstance(s, CaptionSeed)]
-            documents = [s for s in seeds if isinstance(s, DocumentSeed)]
-            records = generator.captions(captions) + generator.documents(documents)
-        failed = 0
+        captions = [s for s in seeds if isinstance(s, CaptionSeed)]
+        documents = [s for s in seeds if isinstance(s, DocumentSeed)]
+        records = generator.captions(captions) + generator.documents(documents)
     (out / "data").mkdir(parents=True, exist_ok=True)
     to_dataset(records).to_parquet(str(out / "data" / f"{args.split}-00000-of-00001.parquet"))
     report = {
@@ -111,20 +113,23 @@ def run_synth(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def _seeds_from_source(source: str, split: str, limit: int | None, caption_seed: Any, document_seed: Any) -> list[Any]:
+def _seeds_from_source(source: str, split: str, limit: int | None) -> list[Any]:
+    """Caption and document seeds from any readable source; rows without a usable image or text are skipped."""
     from mmsieve.readers import SampleReader
     from mmsieve.schemas import rows_to_samples
+    from mmsieve.training.records import CaptionSeed, DocumentSeed
 
     dataset, schema = SampleReader(source, split=split, limit=limit).open()
-    seeds = []
-    for start in range(0, len(dataset), 256):
-        batch = dataset[start : start + 256]
-        ids = [str(i) for i in range(start, start + len(next(iter(batch.values()))))]
-        for sample in rows_to_samples(batch, schema, ids):
+    seeds: list[Any] = []
+    start = 0
+    for batch in dataset.iter(batch_size=256):
+        n = len(next(iter(batch.values())))
+        for sample in rows_to_samples(batch, schema, [str(i) for i in range(start, start + n)]):
             try:
-                seeds.append((caption_seed if sample.kind == "caption" else document_seed).from_sample(sample))
+                seeds.append((CaptionSeed if sample.kind == "caption" else DocumentSeed).from_sample(sample))
             except ValueError:
                 continue  # no usable image or text: nothing to build levels from
+        start += n
     return seeds
 
 

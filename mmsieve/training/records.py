@@ -37,6 +37,16 @@ RecordKind = Literal["caption", "interleaved"]
 SEGMENT_SEPARATOR = "\n\n"  # how UniFilter joins the text segments of an interleaved document
 
 
+def segments_text(segments: Sequence[str | int]) -> str:
+    """The text segments of a reading order joined by a blank line (images, the `int`s, left out).
+
+    Example:
+        >>> segments_text(["Intro", 0, "More"])
+        'Intro\\n\\nMore'
+    """
+    return SEGMENT_SEPARATOR.join(s for s in segments if isinstance(s, str))
+
+
 @dataclass
 class CaptionSeed:
     """A real image with an accurate, specific caption (the level-3 text) and optional structured facts.
@@ -91,7 +101,7 @@ class DocumentSeed:
     @property
     def text(self) -> str:
         """The text segments joined by a blank line."""
-        return SEGMENT_SEPARATOR.join(s for s in self.segments if isinstance(s, str))
+        return segments_text(self.segments)
 
     @classmethod
     def from_sample(cls, sample: Sample) -> DocumentSeed:
@@ -129,7 +139,7 @@ class TrainingRecord:
     @property
     def text(self) -> str:
         """The record's text segments joined by a blank line (the caption for a caption record)."""
-        return SEGMENT_SEPARATOR.join(s for s in self.segments if isinstance(s, str))
+        return segments_text(self.segments)
 
     @classmethod
     def caption(
