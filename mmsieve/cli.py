@@ -6,6 +6,9 @@
     mmsieve synth --output DIR [--source easyvqa|SRC] [--generator contrastive|teacher]
     mmsieve train --data DIR --init CHECKPOINT --output DIR
     mmsieve eval --model CHECKPOINT --data DIR
+    mmsieve dedup --input SRC [--input SRC2] --output DIR --embedder sscd:PATH|clip:ID|phash
+    mmsieve build-index --output INDEX --embedder SPEC [--benchmarks YAML]
+    mmsieve decontaminate --input SRC --output DIR --index INDEX_DIR_OR_ID
     mmsieve demo [--output DIR]
 
 A bad argument or an unreadable input prints one line on stderr and exits with code 2.
@@ -53,14 +56,16 @@ def _fraction(value: str) -> float:
     return number
 
 
-def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_source_arguments(parser: argparse.ArgumentParser, multiple_inputs: bool = False) -> None:
     group = parser.add_argument_group("input and output")
     group.add_argument(
         "--input",
         "-i",
         required=True,
         metavar="SRC",
-        help="Hub dataset id, local parquet/jsonl folder or file, or a save_to_disk folder",
+        action="append" if multiple_inputs else "store",
+        help="Hub dataset id, local parquet/jsonl folder or file, or a save_to_disk folder"
+        + (" (repeat to combine datasets)" if multiple_inputs else ""),
     )
     group.add_argument("--output", "-o", required=True, metavar="DIR", help="receives kept/, removed/ and stats.json")
     group.add_argument(
@@ -161,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mmsieve.training.commands import add_commands
 
     add_commands(sub, _positive)
+    from mmsieve.dedup.commands import add_commands as add_dedup_commands
+
+    add_dedup_commands(sub, _add_source_arguments, _positive)
     p_demo = sub.add_parser(
         "demo", help="build the demo set from photos shipped in scikit-image and run the pipeline on it"
     )
@@ -274,6 +282,25 @@ def _run_training_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_dedup_command(args: argparse.Namespace) -> int:
+    from mmsieve.dedup import commands
+
+    try:
+        if args.command == "decontaminate":
+            return _run(args, commands.decontamination_step(args))
+        if args.command == "build-index":
+            commands.print_report(commands.run_build_index(args))
+            return 0
+        stats = commands.run_dedup_command(args)
+    except (ValueError, FileNotFoundError) as err:  # a bad embedder spec, index or benchmark list
+        raise CliError(str(err)) from None
+    for name, part in ({"": stats} if "rows_in" in stats else stats).items():
+        print(f"{name}: " if name else "", end="")
+        _print_summary(part)
+    print(f"stats:   {os.path.join(args.output, 'stats.json')}")
+    return 0
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from mmsieve.demo import run_demo
 
@@ -296,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args, _score_step(args))
         if args.command in ("synth", "train", "eval"):
             return _run_training_command(args)
+        if args.command in ("dedup", "build-index", "decontaminate"):
+            return _run_dedup_command(args)
         return _run_demo(args)
     except (CliError, SourceError, SchemaError, OutputExistsError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__

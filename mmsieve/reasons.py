@@ -39,6 +39,10 @@ TOO_MANY_IMAGES = "too_many_images"
 TOO_FEW_TURNS = "too_few_turns"
 TOO_MANY_TURNS = "too_many_turns"
 
+# Deduplication and decontamination.
+NEAR_DUPLICATE = "near_duplicate"
+CONTAMINATED = "contaminated"
+
 DESCRIPTIONS: dict[str, str] = {
     MISSING_COLUMN: "a column the schema needs is absent from the row",
     MALFORMED_ROW: "the row's structure is inconsistent (mismatched list lengths, wrong types, non-alternating turns)",
@@ -59,6 +63,8 @@ DESCRIPTIONS: dict[str, str] = {
     TOO_MANY_IMAGES: "the document or conversation has more images than the maximum",
     TOO_FEW_TURNS: "the conversation has fewer turns than the minimum",
     TOO_MANY_TURNS: "the conversation has more turns than the maximum",
+    NEAR_DUPLICATE: "an image is a near-copy of an image in a kept sample (same cluster; the cluster's keeper stays)",
+    CONTAMINATED: "an image or a text matches a benchmark test item (image similarity or n-gram overlap)",
 }
 
 

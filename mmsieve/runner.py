@@ -67,6 +67,30 @@ def _quiet_executor_class() -> type:
     return QuietLocalExecutor
 
 
+def execute(
+    pipeline: list[Any], logging_dir: str | Path, *, tasks: int = 1, workers: int = 1, verbose: bool = False
+) -> Any:
+    """Run a datatrove pipeline with the local executor; its console log is silenced unless `verbose`.
+
+    Returns datatrove's merged `PipelineStats`. Finished tasks are not skipped: a rerun recomputes.
+
+    Example:
+        >>> execute([SampleReader("data.parquet"), NearDuplicateSignature("emb", "phash")], "logs", tasks=2)  # doctest: +SKIP
+    """
+    from datatrove.executor import LocalPipelineExecutor
+
+    executor_class = LocalPipelineExecutor if verbose else _quiet_executor_class()
+    executor = executor_class(
+        pipeline=pipeline,
+        tasks=tasks,
+        workers=max(1, min(workers, tasks)),
+        logging_dir=str(logging_dir),
+        skip_completed=False,
+    )
+    with contextlib.nullcontext() if verbose else _silent_console():
+        return executor.run()
+
+
 class OutputExistsError(FileExistsError):
     """The output folder already holds results; pass `overwrite=True` (`--overwrite`) to replace them."""
 
@@ -180,6 +204,7 @@ def run_steps(
     progress: bool = False,
     overwrite: bool = False,
     verbose: bool = False,
+    work_dirs: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run `steps` over `source` and write the results to `output`; return the merged stats.
 
@@ -194,19 +219,19 @@ def run_steps(
         progress: show a progress bar per task.
         overwrite: replace an existing output folder instead of refusing.
         verbose: print datatrove's task logs on the console (they always go to `output/datatrove/logs/`).
+        work_dirs: sub-folders of `output` an earlier stage wrote (e.g. `dedup`): kept, and not "existing output".
 
     Raises:
         mmsieve.hub.SourceError / mmsieve.schemas.SchemaError: the source cannot be read.
         OutputExistsError: `output` holds results and `overwrite` is False.
     """
-    from datatrove.executor import LocalPipelineExecutor
-
-    executor_class = LocalPipelineExecutor if verbose else _quiet_executor_class()
     out = Path(output)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name not in work_dirs for p in out.iterdir()):
         if not overwrite:
             raise OutputExistsError(f"{out} is not empty; pass --overwrite to replace it")
-        shutil.rmtree(out)
+        for path in out.iterdir():
+            if path.name not in work_dirs:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
     options = {
         "split": split,
         "config": config,
@@ -224,16 +249,9 @@ def run_steps(
     kept_writer = pipeline[-1]
     rows, schema = reader.num_rows, reader.schema
     tasks = max(1, min(tasks, rows))
-    executor = executor_class(
-        pipeline=pipeline,
-        tasks=tasks,
-        workers=max(1, min(workers, tasks)),
-        logging_dir=str(out / "datatrove"),  # task logs, per-task stats, completion markers
-        skip_completed=False,
-    )
     started = time.perf_counter()
-    with contextlib.nullcontext() if verbose else _silent_console():
-        pipeline_stats = executor.run()
+    # task logs, per-task stats, completion markers go to datatrove/
+    pipeline_stats = execute(pipeline, out / "datatrove", tasks=tasks, workers=workers, verbose=verbose)
     seconds = time.perf_counter() - started
 
     removed: Counter[str] = Counter()
@@ -243,7 +261,8 @@ def run_steps(
         dropped = {k[len("dropped_") :]: int(v) for k, v in counts.items() if k.startswith("dropped_")}
         removed.update(dropped)
         parameters = step.parameters() if hasattr(step, "parameters") else {}
-        step_reports.append({"step": type(step).__name__, "parameters": parameters, "removed": dropped})
+        extra = step.report(counts) if hasattr(step, "report") else {}  # e.g. the per-benchmark contamination table
+        step_reports.append({"step": type(step).__name__, "parameters": parameters, "removed": dropped, **extra})
     rows_in = int(_step_stats(pipeline_stats, reader).get("documents", 0))
     kept = int(_step_stats(pipeline_stats, kept_writer).get("total", 0))
     stats = {
@@ -264,6 +283,9 @@ def run_steps(
         "versions": _versions(),
         "outputs": {"kept": str(out / "kept"), "removed": str(out / "removed")},
     }
+    for report in step_reports:
+        if "contamination" in report:  # the dataset card's per-benchmark table
+            stats["contamination"] = report["contamination"]
     if rows_in != kept + stats["removed"]:
         raise RuntimeError(f"row accounting broke: {rows_in} in != {kept} kept + {stats['removed']} removed")
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")

@@ -255,7 +255,7 @@ class SampleFilter(SampleStep, BaseFilter):
         """BaseFilter's loop (stats, exclusion writer) over prefetched batches."""
         self.rank = rank
         with self.exclusion_writer if self.exclusion_writer else contextlib.nullcontext() as writer:
-            for docs, columns in _stream(self, data):
+            for docs, columns in stream_columns(self, data):
                 self.stat_update("batches")
                 for doc, verdict in zip(docs, self._verdicts(docs, columns)):
                     self.stat_update(StatHints.total)
@@ -271,7 +271,7 @@ class SampleFilter(SampleStep, BaseFilter):
                         writer.write(doc, rank)
 
 
-def _stream(step: SampleStep, data: DocumentsPipeline) -> Iterator[tuple[list[Document], Columns]]:
+def stream_columns(step: SampleStep, data: DocumentsPipeline) -> Iterator[tuple[list[Document], Columns]]:
     """Batches of documents with their columns, prepared ahead through `process_stream`."""
     pending: list[list[Document]] = []
 
@@ -295,7 +295,7 @@ class SampleScorer(SampleStep, PipelineStep):
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         self.rank = rank
-        for docs, columns in _stream(self, data):
+        for docs, columns in stream_columns(self, data):
             self.stat_update("batches")
             for i, doc in enumerate(docs):
                 _annotate(doc, columns, i)
@@ -306,4 +306,4 @@ class SampleScorer(SampleStep, PipelineStep):
                 yield doc
 
 
-__all__ = ["Columns", "SampleFilter", "SampleScorer", "SampleStep"]
+__all__ = ["Columns", "SampleFilter", "SampleScorer", "SampleStep", "stream_columns"]

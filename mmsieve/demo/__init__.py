@@ -7,6 +7,9 @@ The set has all three kinds, each in its own real-world schema:
 - conversations (FineVision `images` + `texts` of `{user, assistant}`): easy-vqa shape images with
   their questions and answers.
 
+Then dedup (edited copies of the photos planted) and decontamination (easy-vqa test images planted, the
+easy-vqa test split as the benchmark), and a demo classifier trained, evaluated and used to filter.
+
 Example:
     >>> report = run_demo("demo_output")  # doctest: +SKIP
     >>> report["summary"]["captions"]["removed_by_reason"]  # doctest: +SKIP
@@ -54,6 +57,10 @@ def run_demo(
             for reason, count in stats["removed_by_reason"].items():
                 print(f"  removed {count:>3}  {reason}")
             print(f"  outputs: {out / name}/kept, {out / name}/removed, {out / name}/stats.json")
+    from mmsieve.demo.dedup import run_dedup_stage
+
+    report["dedup"] = run_dedup_stage(out, verbose)
+    report["summary"]["dedup"] = {k: report["dedup"][k]["caught"] for k in ("dedup", "decontamination")}
     report["scoring"] = _score_stage(out, verbose, train_minutes, train_images)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report

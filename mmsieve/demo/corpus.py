@@ -122,11 +122,13 @@ BROKEN_IMAGE_REASONS: dict[str, str | None] = {
 }
 
 
-def _cell(data: bytes | None, name: str) -> dict[str, Any] | None:
+def image_cell(data: bytes | None, name: str) -> dict[str, Any] | None:
+    """An HF `Image` cell of encoded bytes (None stays None)."""
     return None if data is None else {"bytes": data, "path": f"{name}"}
 
 
-def _save(rows: dict[str, list[Any]], features: Any, folder: Path, shards: int = 2) -> Path:
+def save_shards(rows: dict[str, list[Any]], features: Any, folder: Path, shards: int = 2) -> Path:
+    """Write `rows` as `shards` parquet files under `folder` (typed by `features`); returns the folder."""
     from datasets import Dataset
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -149,15 +151,15 @@ def build_captions(folder: Path) -> Path:
         rows["source"].append(source)
 
     for name, data in photos.items():
-        add(_cell(data, f"{name}.jpg"), captions[name]["good"], "skimage")
+        add(image_cell(data, f"{name}.jpg"), captions[name]["good"], "skimage")
     for name, data in broken_images().items():
-        add(_cell(data, f"{name}.bin"), f"A planted test image: {name.replace('_', ' ')}.", f"broken/{name}")
-    add(_cell(_encode(_banner(), "JPEG"), "banner.jpg"), "A wide blue web banner.", "broken/aspect_ratio")
-    add(_cell(photos["chelsea"], "chelsea.jpg"), "", "broken/empty_caption")
-    add(_cell(photos["coffee"], "coffee.jpg"), "   ", "broken/blank_caption")
-    add(_cell(photos["rocket"], "rocket.jpg"), "spam " * 200_000, "broken/1mb_caption")
+        add(image_cell(data, f"{name}.bin"), f"A planted test image: {name.replace('_', ' ')}.", f"broken/{name}")
+    add(image_cell(_encode(_banner(), "JPEG"), "banner.jpg"), "A wide blue web banner.", "broken/aspect_ratio")
+    add(image_cell(photos["chelsea"], "chelsea.jpg"), "", "broken/empty_caption")
+    add(image_cell(photos["coffee"], "coffee.jpg"), "   ", "broken/blank_caption")
+    add(image_cell(photos["rocket"], "rocket.jpg"), "spam " * 200_000, "broken/1mb_caption")
     features = Features({"image": Image(), "caption": Value("string"), "source": Value("string")})
-    return _save(rows, features, folder)
+    return save_shards(rows, features, folder)
 
 
 def _banner() -> Image.Image:
@@ -180,24 +182,24 @@ def build_interleaved(folder: Path) -> Path:
     for start in range(0, len(names), 3):
         images, texts = [], []
         for name in names[start : start + 3]:
-            images += [None, _cell(photos[name], f"{name}.jpg")]
+            images += [None, image_cell(photos[name], f"{name}.jpg")]
             texts += [f"Section on {name.replace('_', ' ')}. {captions[name]['good']}", None]
         add(images, texts, f"https://example.org/article/{start // 3}")
     add([None], ["A page with text only and no pictures at all."], "https://example.org/text-only")
-    many = [_cell(photos[names[k % len(names)]], f"{k}.jpg") for k in range(40)]
+    many = [image_cell(photos[names[k % len(names)]], f"{k}.jpg") for k in range(40)]
     add([None, *many], ["A gallery page with forty photos.", *[None] * 40], "https://example.org/gallery")
     add(
-        [_cell(photos["moon"], "moon.jpg"), None],
+        [image_cell(photos["moon"], "moon.jpg"), None],
         ["The Moon.", "A missing caption slot.", "Extra"],
         "https://example.org/bad-lists",
     )
     add(
-        [None, _cell(broken_images()["truncated_jpeg"], "t.jpg")],
+        [None, image_cell(broken_images()["truncated_jpeg"], "t.jpg")],
         ["An article whose photo was cut off.", None],
         "https://example.org/truncated",
     )
     features = Features({"images": List(Image()), "texts": List(Value("string")), "url": Value("string")})
-    return _save(rows, features, folder)
+    return save_shards(rows, features, folder)
 
 
 def build_conversations(folder: Path, n_images: int = 40) -> Path:
@@ -214,16 +216,16 @@ def build_conversations(folder: Path, n_images: int = 40) -> Path:
     rows: dict[str, list[Any]] = {"images": [], "texts": [], "source": []}
     for image_id in sorted(turns):
         data = Path(paths[image_id]).read_bytes()
-        rows["images"].append([_cell(data, f"{image_id}.png")])
+        rows["images"].append([image_cell(data, f"{image_id}.png")])
         rows["texts"].append(turns[image_id])
         rows["source"].append("easy_vqa")
-    rows["images"].append([_cell(broken_images()["random_bytes"], "noise.png")])
+    rows["images"].append([image_cell(broken_images()["random_bytes"], "noise.png")])
     rows["texts"].append([{"user": "what shape is in the image?", "assistant": "circle"}])
     rows["source"].append("broken/random_bytes")
-    rows["images"].append([_cell(Path(paths[0]).read_bytes(), "0.png")])
+    rows["images"].append([image_cell(Path(paths[0]).read_bytes(), "0.png")])
     rows["texts"].append([])
     rows["source"].append("broken/no_turns")
-    rows["images"].append([_cell(Path(paths[1]).read_bytes(), "1.png")])
+    rows["images"].append([image_cell(Path(paths[1]).read_bytes(), "1.png")])
     rows["texts"].append([{"user": " ", "assistant": ""}])
     rows["source"].append("broken/empty_turn")
     features = Features(
@@ -233,4 +235,4 @@ def build_conversations(folder: Path, n_images: int = 40) -> Path:
             "source": Value("string"),
         }
     )
-    return _save(rows, features, folder)
+    return save_shards(rows, features, folder)

@@ -122,3 +122,20 @@ def open_source(source: str, *, split: str | None = None, config: str | None = N
         if feature != loaded.features[name]:
             loaded = loaded.cast_column(name, feature)  # same arrow storage: no data is rewritten
     return loaded
+
+
+def fetch_dataset_files(repo_id: str, revision: str | None = None) -> Path:
+    """Download the files of a Hub dataset repo (once, into the Hugging Face cache); return the local folder.
+
+    Raises:
+        SourceError: the repo cannot be fetched (unknown id, offline without a cached copy).
+
+    Example:
+        >>> folder = fetch_dataset_files("my-org/benchmark-index")  # doctest: +SKIP
+    """
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, repo_type="dataset", revision=revision))
+    except Exception as err:
+        raise SourceError(f"cannot fetch dataset repo {repo_id!r}: {type(err).__name__}: {err}") from None

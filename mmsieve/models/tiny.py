@@ -225,3 +225,41 @@ def build_tiny_unifilter(
     classifier.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def build_tiny_sscd(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    layers: tuple[int, ...] = (1, 1, 1, 1),
+    width: int = 8,
+    embedding_dim: int = 32,
+    torchscript: bool = False,
+) -> Path:
+    """Write a random SSCD-architecture checkpoint (`config.json` + `model.safetensors`); deterministic in `seed`.
+
+    BatchNorm statistics and affine parameters are random too, so eval-mode BatchNorm is not an identity and a
+    loader that drops buffers is caught. With `torchscript=True` the same model is also scripted to
+    `path / "model.torchscript.pt"`, like the official `.torchscript.pt` files. The global torch RNG is left untouched.
+
+    Example:
+        >>> path = build_tiny_sscd(tmp_path / "sscd", torchscript=True)  # doctest: +SKIP
+        >>> load_sscd(path / "model.torchscript.pt")(pixels).shape  # [B, 32]  # doctest: +SKIP
+    """
+    from mmsieve.models.sscd import SSCDConfig, SSCDModel
+
+    path = Path(path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SSCDModel(SSCDConfig(layers=tuple(layers), width=width, embedding_dim=embedding_dim)).eval()
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.weight.uniform_(0.5, 1.5)
+                    module.bias.normal_(0.0, 0.1)
+                    module.running_mean.normal_(0.0, 0.1)
+                    module.running_var.uniform_(0.5, 1.5)
+    model.save_pretrained(path)
+    if torchscript:
+        torch.jit.script(model).save(str(path / "model.torchscript.pt"))
+    return path

@@ -113,13 +113,20 @@ def _time_budget_callback(seconds: float) -> Any:
     from transformers import TrainerCallback
 
     class TimeBudget(TrainerCallback):
-        """Stops training once `seconds` have passed, evaluating and saving first so the best model is kept."""
+        """Stops training early enough that the final evaluation and save still fit in `seconds` (the best model is
+        kept): the last evaluation's duration, plus a margin for saving, is reserved."""
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.start = time.perf_counter()
+            self.reserve = 0.0
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any) -> None:
+            runtime = (metrics or {}).get("eval_runtime")
+            if runtime is not None:
+                self.reserve = 1.5 * float(runtime) + 2.0
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-            if time.perf_counter() - self.start > seconds:
+            if time.perf_counter() - self.start + self.reserve > seconds:
                 control.should_training_stop = True
                 control.should_evaluate = True
                 control.should_save = True
