@@ -34,6 +34,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/score.py
+	$(BIN)/python bench/dedup.py
 
 clean:
 	rm -rf demo_output bench_output .pytest_cache .ruff_cache

@@ -7,8 +7,11 @@ the right shape and colour, 2 a true but generic text, 1 the same templates with
 0 another image's caption, spam, keyword soup or garbage. Level 3 and level 1 share templates, so the image
 decides. Model: the UniFilter architecture (SigLIP tower, average-pool projector, Qwen2 decoder, score head), tiny,
 random init (no pretrained weights are reachable here), 4-label cross-entropy head. Because nothing is pretrained,
-stage 1 (captioning loss on the level-3 captions) trains the tower and the LLM too, then stage 2 trains the classifier
-(tower frozen, as the recipe). Wall-clock budget: 15 minutes for both stages on this machine.
+stage 1 (captioning loss on the level-3 captions, 40% of the budget) trains the tower and the LLM too, then stage 2
+trains the classifier with the tower still learning. Freezing the tower in stage 2, as the recipe does for a
+pretrained SigLIP, left this random tower colour-aware but shape-blind (accuracy 0.848, Spearman 0.824: every
+"wrong shape" caption read as correct); a direct shape probe showed the tower can learn shape in about a minute, so
+it needed the classifier's signal and a longer captioning stage. Wall-clock budget: 15 minutes for both stages.
 
     python bench/train_easyvqa.py [--minutes 15] [--output bench_output/easyvqa]
 
@@ -32,12 +35,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=15.0, help="training budget for both stages (default 15)")
     parser.add_argument("--output", default="bench_output/easyvqa", help="where the checkpoints and the card go")
-    parser.add_argument("--stage1-epochs", type=float, default=8, help="captioning epochs (default 8)")
-    parser.add_argument("--stage1-share", type=float, default=0.15, help="share of the budget for stage 1 (0.15)")
+    parser.add_argument("--stage1-epochs", type=float, default=40, help="captioning epochs, time-capped (default 40)")
+    parser.add_argument("--stage1-share", type=float, default=0.4, help="share of the budget for stage 1 (0.4)")
     parser.add_argument("--stage2-epochs", type=float, default=14, help="classifier epochs (default 14)")
     parser.add_argument("--lr", type=float, default=3e-4, help="stage 2 learning rate (default 3e-4)")
     parser.add_argument(
-        "--stage2-train-vision", action="store_true", help="the random tower keeps learning in stage 2"
+        "--freeze-vision-stage2",
+        action="store_true",
+        help="freeze the tower in stage 2 as the recipe does (with a random-init tower this leaves it shape-blind)",
     )
     parser.add_argument("--llm-hidden", type=int, default=EASYVQA_MODEL["llm_hidden"], help="decoder width")
     parser.add_argument("--llm-layers", type=int, default=EASYVQA_MODEL["llm_layers"], help="decoder layers")
@@ -68,7 +73,7 @@ def main() -> None:
         stage1_epochs=args.stage1_epochs,
         stage1_share=args.stage1_share,
         learning_rate=args.lr,
-        stage2_train_vision=args.stage2_train_vision,
+        stage2_train_vision=not args.freeze_vision_stage2,
     )
     print(f"trained in {train_seconds:.0f} s (stage 1 captioning with everything training, then stage 2 classifier)")
 

@@ -34,6 +34,12 @@ def test_demo_counts_and_outputs(tmp_path):
         "text_empty": 1,
         "too_few_turns": 1,
     }
+    dedup = report["dedup"]
+    # pHash catches every re-encoded and resized copy, not the crops; every planted benchmark image is caught
+    assert dedup["dedup"]["caught_by_edit"] == {"reencoded": "3/3", "resized": "3/3", "cropped": "0/3"}
+    assert dedup["dedup"]["caught"] == 6 and dedup["dedup"]["rows_in"] == 25
+    assert dedup["decontamination"]["caught"] == dedup["decontamination"]["planted"] == 4
+    assert dedup["decontamination"]["by_benchmark"] == {"easy-vqa": {"image": 4, "text": 0, "total": 4}}
     for name, counts in summary.items():
         assert counts["rows_in"] == counts["kept"] + counts["removed"]
         kept = datasets.load_dataset("parquet", data_dir=str(tmp_path / "demo" / name / "kept"), split="train")

@@ -60,7 +60,6 @@ def run_demo(
     from mmsieve.demo.dedup import run_dedup_stage
 
     report["dedup"] = run_dedup_stage(out, verbose)
-    report["summary"]["dedup"] = {k: report["dedup"][k]["caught"] for k in ("dedup", "decontamination")}
     report["scoring"] = _score_stage(out, verbose, train_minutes, train_images)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report

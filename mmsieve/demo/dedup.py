@@ -26,6 +26,7 @@ from mmsieve.demo.corpus import demo_captions, demo_photos, image_cell, save_sha
 COPIED = ("astronaut", "coffee", "chelsea")
 PLANTED_TEST_IMAGES = 4
 EMBEDDER = "phash"
+_EDIT_NAMES = ("reencoded", "resized", "cropped")
 
 
 def _edits(data: bytes) -> dict[str, bytes]:
@@ -128,12 +129,17 @@ def run_dedup_stage(out: Path, verbose: bool = True) -> dict[str, Any]:
         tasks=2,
         overwrite=True,
     )
+    import datasets
+
+    removed = datasets.load_dataset("parquet", data_dir=str(out / "captions_dedup" / "removed"), split="train")
+    by_edit = {edit: sum(src == f"planted/copy/{edit}" for src in removed["source"]) for edit in _EDIT_NAMES}
     report = {
         "embedder": EMBEDDER,
         "dedup": {
             "rows_in": dedup["rows_in"],
             "planted": planted["copies"],
             "caught": dedup["removed_by_reason"].get("near_duplicate", 0),
+            "caught_by_edit": {edit: f"{n}/{len(COPIED)}" for edit, n in by_edit.items()},
             "clusters": dedup["dedup"]["clusters"],
             "threshold": dedup["dedup"]["threshold"],
         },
@@ -150,7 +156,8 @@ def run_dedup_stage(out: Path, verbose: bool = True) -> dict[str, Any]:
         d, c = report["dedup"], report["decontamination"]
         print(f"\n== dedup ({EMBEDDER}, cosine >= {d['threshold']:.3f}) over {d['rows_in']} captions")
         print(
-            f"  planted edited copies {d['planted']}, removed as near_duplicate {d['caught']} ({d['clusters']} clusters)"
+            f"  planted edited copies {d['planted']}, removed as near_duplicate {d['caught']} ({d['clusters']} clusters); "
+            f"caught by edit {d['caught_by_edit']} (pHash misses crops; SSCD is built for them)"
         )
         print(f"  outputs: {out / 'captions_dedup'}/kept, removed (dup_of, dup_cluster, dup_similarity)")
         print(
