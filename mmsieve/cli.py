@@ -245,26 +245,28 @@ def _run_filter(args: argparse.Namespace) -> int:
     return _run(args, step)
 
 
-def _run(args: argparse.Namespace, step: Any) -> int:
-    from mmsieve.runner import run_steps
+def source_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of `run_steps` (and `run_dedup`) given by the input-and-output options."""
     from mmsieve.schemas import parse_columns
 
-    columns = parse_columns(args.columns) if args.columns else None
-    stats = run_steps(
-        args.input,
-        args.output,
-        [step],
-        kind=args.kind,
-        columns=columns,
-        split=args.split,
-        config=args.config,
-        limit=args.limit,
-        tasks=args.tasks,
-        workers=args.workers,
-        progress=not args.no_progress and sys.stderr.isatty(),
-        overwrite=args.overwrite,
-        verbose=args.verbose,
-    )
+    return {
+        "kind": args.kind,
+        "columns": parse_columns(args.columns) if args.columns else None,
+        "split": args.split,
+        "config": args.config,
+        "limit": args.limit,
+        "tasks": args.tasks,
+        "workers": args.workers,
+        "progress": not args.no_progress and sys.stderr.isatty(),
+        "overwrite": args.overwrite,
+        "verbose": args.verbose,
+    }
+
+
+def _run(args: argparse.Namespace, step: Any) -> int:
+    from mmsieve.runner import run_steps
+
+    stats = run_steps(args.input, args.output, [step], **source_options(args))
     _print_summary(stats)
     print(f"stats:   {os.path.join(args.output, 'stats.json')}")
     return 0

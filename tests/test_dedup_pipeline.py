@@ -218,3 +218,14 @@ def test_cli_dedup_build_index_decontaminate(copies_source, benchmark_index, pho
         main(["decontaminate", "--input", str(copies_source), "--output", str(out / "x"), "--index", str(tmp_path)])
         == 2
     )
+
+
+def test_dedup_runs_with_a_tiny_sscd_checkpoint(copies_source, tmp_path):
+    from mmsieve.models.tiny import build_tiny_sscd
+
+    checkpoint = build_tiny_sscd(tmp_path / "sscd", torchscript=True)
+    for spec in (f"sscd:{checkpoint}", f"sscd:{checkpoint / 'model.torchscript.pt'}"):
+        out = tmp_path / f"out{len(spec)}"
+        stats = run_dedup([str(copies_source)], out, spec, threshold=0.999, tasks=2)
+        assert stats["rows_in"] == 8 == stats["kept"] + stats["removed"]
+        assert stats["dedup"]["embedder"] == spec and stats["dedup"]["images"] == 8

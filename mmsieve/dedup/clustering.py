@@ -29,7 +29,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-import faiss
+
+try:
+    import faiss
+except ImportError as err:  # faiss is the `dedup` extra
+    raise ImportError("mmsieve.dedup needs faiss: pip install 'mmsieve[dedup]' (faiss-cpu), or faiss-gpu") from err
 import numpy as np
 
 

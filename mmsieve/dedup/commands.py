@@ -97,8 +97,8 @@ def _quality(value: str) -> str | None:
 
 def run_dedup_command(args: argparse.Namespace) -> dict[str, Any]:
     """`mmsieve dedup`: returns the stats (per dataset when several inputs)."""
+    from mmsieve.cli import source_options
     from mmsieve.dedup.run import run_dedup
-    from mmsieve.schemas import parse_columns
 
     return run_dedup(
         args.input,
@@ -106,18 +106,9 @@ def run_dedup_command(args: argparse.Namespace) -> dict[str, Any]:
         args.embedder,
         threshold=args.threshold,
         quality_column=_quality(args.quality_column),
-        kind=args.kind,
-        columns=parse_columns(args.columns) if args.columns else None,
-        split=args.split,
-        config=args.config,
-        limit=args.limit,
-        tasks=args.tasks,
-        workers=args.workers,
         batch_size=args.batch_size,
-        overwrite=args.overwrite,
-        verbose=args.verbose,
-        progress=not args.no_progress and sys.stderr.isatty(),
         method=args.method,
+        **source_options(args),
     )
 
 

@@ -13,7 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import faiss
+
+try:
+    import faiss
+except ImportError as err:  # faiss is the `dedup` extra
+    raise ImportError("mmsieve.dedup needs faiss: pip install 'mmsieve[dedup]' (faiss-cpu), or faiss-gpu") from err
 import numpy as np
 
 
