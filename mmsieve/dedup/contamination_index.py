@@ -48,6 +48,10 @@ class BenchmarkSpec:
     Columns left empty are detected: every `Image` (or list of `Image`) column, the first of the usual
     question / answer / id column names. `image_id_column` embeds an image shared by several questions
     once (FineVision's `--deduplicate --id_column image_id`).
+
+    Example:
+        >>> BenchmarkSpec(name="MMStar", repo="Lin-Chen/MMStar", split="val").split
+        'val'
     """
 
     name: str

@@ -32,7 +32,12 @@ from mmsieve.steps import Columns, SampleScorer
 
 @dataclass
 class DecodedBatch:
-    """The decoded images of a batch (`prepare`'s result): images, their owner sample, first error per sample."""
+    """The decoded images of a batch (`prepare`'s result): images, their owner sample, first error per sample.
+
+    Example:
+        >>> decode_sample_images(samples, parse_embedder("phash"), DecodePool()).owner  # doctest: +SKIP
+        [0, 1, 1]
+    """
 
     images: list[Any]
     owner: list[int]
@@ -41,7 +46,12 @@ class DecodedBatch:
 
 @dataclass
 class SampleVectors:
-    """Unit vectors of a batch's images: `vectors[k]` belongs to sample `owner[k]` (index in the batch)."""
+    """Unit vectors of a batch's images: `vectors[k]` belongs to sample `owner[k]` (index in the batch).
+
+    Example:
+        >>> embed_samples(samples, parse_embedder("phash")).of(1).shape  # doctest: +SKIP
+        (2, 64)
+    """
 
     vectors: np.ndarray  # [m, dim] float32, rows L2-normalised
     owner: np.ndarray  # [m] int64
@@ -90,7 +100,12 @@ def embed_samples(
 
 
 class EmbeddingStepMixin:
-    """The lazy embedder and decoding pool shared by the embedding steps (both pickle without them)."""
+    """The lazy embedder and decoding pool shared by the embedding steps (both pickle without them).
+
+    Example:
+        >>> ImageEmbeddingScorer("phash").embedder.dim  # the mixin's lazy embedder
+        64
+    """
 
     embedder_spec: str | ImageEmbedder
     workers: int | None

@@ -65,6 +65,11 @@ class NgramIndex:
         items: the item row (into `benchmarks` / `item_ids`) of each hash.
         benchmarks / item_ids: per item, its benchmark name and its id inside the benchmark.
         n: words per n-gram.
+
+    Example:
+        >>> NgramIndex.build([("b", "1", "one two three four five six seven eight nine")], n=8).match(
+        ...     "zero one two three four five six seven eight")
+        ('b', '1', 1)
     """
 
     def __init__(self, hashes: np.ndarray, items: np.ndarray, benchmarks: list[str], item_ids: list[str], n: int):

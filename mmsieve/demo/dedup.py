@@ -48,7 +48,11 @@ def _edits(data: bytes) -> dict[str, bytes]:
 
 
 def build_easyvqa_benchmark(folder: Path, limit: int | None = None) -> Path:
-    """The easy-vqa test split as a benchmark dataset (one row per question; images shared by questions)."""
+    """The easy-vqa test split as a benchmark dataset (one row per question; images shared by questions).
+
+    Example:
+        >>> build_easyvqa_benchmark(Path("demo_output/sources/easyvqa_test_benchmark"))  # doctest: +SKIP
+    """
     import easy_vqa
     from datasets import Features, Value
     from datasets import Image as ImageFeature
@@ -78,7 +82,12 @@ def build_easyvqa_benchmark(folder: Path, limit: int | None = None) -> Path:
 
 def build_captions_with_copies(folder: Path, test_images: list[tuple[int, bytes]]) -> tuple[Path, dict[str, int]]:
     """Caption pairs: the photos, edited copies of `COPIED`, and planted benchmark images. Returns the folder and
-    the planted counts."""
+    the planted counts.
+
+    Example:
+        >>> build_captions_with_copies(Path("out/src"), [])[1]  # doctest: +SKIP
+        {'copies': 9, 'test_images': 0}
+    """
     from datasets import Features, Value
     from datasets import Image as ImageFeature
 
@@ -104,7 +113,12 @@ def build_captions_with_copies(folder: Path, test_images: list[tuple[int, bytes]
 
 
 def run_dedup_stage(out: Path, verbose: bool = True) -> dict[str, Any]:
-    """Dedup the planted copies away, build the easy-vqa benchmark index, decontaminate; report what was caught."""
+    """Dedup the planted copies away, build the easy-vqa benchmark index, decontaminate; report what was caught.
+
+    Example:
+        >>> run_dedup_stage(Path("demo_output"))["decontamination"]["caught"]  # doctest: +SKIP
+        4
+    """
     import easy_vqa
 
     from mmsieve.dedup.contamination_index import BenchmarkSpec, build_index
