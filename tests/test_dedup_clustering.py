@@ -236,3 +236,18 @@ def test_vector_index_bad_folder_says_what_is_wrong(tmp_path):
     meta_path.write_text(json.dumps({**meta, "version": 99}))
     with pytest.raises(ValueError, match="version"):
         VectorIndex.load(tmp_path / "ok")
+
+
+def test_exact_copies_are_collapsed_before_the_search():
+    """5,000 copies of one placeholder vector cost 4,999 links, not 12.5M pairs, and cluster as before."""
+    rng = np.random.default_rng(0)
+    other = rng.normal(size=(20, 64)).astype(np.float32)
+    other /= np.linalg.norm(other, axis=1, keepdims=True)
+    placeholder = np.tile(other[:1], (5_000, 1))
+    x = np.concatenate([other, placeholder])
+    owners = np.arange(len(x))
+    clusters = find_near_duplicates(x, owners, 0.95)
+    assert clusters.n_duplicates == 5_000  # every copy of vector 0 joins its cluster; vector 0 is kept
+    assert clusters.keeper[0] and not clusters.keeper[20:].any()
+    assert (clusters.cluster[20:] == 0).all() and np.allclose(clusters.similarity[20:], 1.0)
+    assert clusters.keeper[1:20].all()

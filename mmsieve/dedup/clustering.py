@@ -27,7 +27,7 @@ import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 
 try:
@@ -367,7 +367,28 @@ def find_near_duplicates(
     if np.shape(owners) != (len(x),):
         raise ValueError(f"owners must hold one owner index per vector ({len(x)}), got shape {np.shape(owners)}")
     _check_owners(owners, quality, n_owners)  # before the search, which is the slow part
-    return cluster_pairs(similar_pairs(x, threshold, **search_options), owners, quality=quality, n_owners=n_owners)
+    pairs = _pairs_with_exact_copies_collapsed(x, threshold, **search_options)
+    return cluster_pairs(pairs, owners, quality=quality, n_owners=n_owners)
+
+
+def _pairs_with_exact_copies_collapsed(x: np.ndarray, threshold: float, **search_options: Any) -> Pairs:
+    """`similar_pairs`, searching each distinct vector once: m identical vectors (one placeholder image repeated
+    m times) would otherwise give m^2/2 pairs; here each copy is linked to its first occurrence (similarity 1)."""
+    if len(x) < 2:
+        return similar_pairs(x, threshold, **search_options)
+    rows = x.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel()
+    _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+    if len(first) == len(x):
+        return similar_pairs(x, threshold, **search_options)
+    found = similar_pairs(x[first], threshold, **search_options)
+    representative = first[inverse.ravel()]
+    copies = np.flatnonzero(representative != np.arange(len(x)))
+    i = np.concatenate([first[found.i], representative[copies]])
+    j = np.concatenate([first[found.j], copies])
+    i, j = np.minimum(i, j), np.maximum(i, j)
+    similarity = np.concatenate([found.similarity, np.ones(len(copies), np.float32)])
+    order = np.lexsort((j, i))
+    return Pairs(i[order], j[order], similarity[order])
 
 
 def cluster_pairs(
