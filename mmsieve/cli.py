@@ -272,6 +272,10 @@ def _run(args: argparse.Namespace, step: Any) -> int:
     return 0
 
 
+def _print_json(report: dict[str, Any]) -> None:
+    print(json.dumps(report, indent=2, default=str))
+
+
 def _run_training_command(args: argparse.Namespace) -> int:
     from mmsieve.training import commands
 
@@ -280,7 +284,7 @@ def _run_training_command(args: argparse.Namespace) -> int:
         report = run(args)
     except ValueError as err:  # bad data or arguments found while reading them
         raise CliError(str(err)) from None
-    print(json.dumps(report, indent=2, default=str))
+    _print_json(report)
     return 0
 
 
@@ -291,7 +295,7 @@ def _run_dedup_command(args: argparse.Namespace) -> int:
         if args.command == "decontaminate":
             return _run(args, commands.decontamination_step(args))
         if args.command == "build-index":
-            commands.print_report(commands.run_build_index(args))
+            _print_json(commands.run_build_index(args))
             return 0
         stats = commands.run_dedup_command(args)
     except (ValueError, FileNotFoundError) as err:  # a bad embedder spec, index or benchmark list

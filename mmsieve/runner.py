@@ -95,6 +95,25 @@ class OutputExistsError(FileExistsError):
     """The output folder already holds results; pass `overwrite=True` (`--overwrite`) to replace them."""
 
 
+def prepare_output(output: str | Path, overwrite: bool, work_dirs: Sequence[str] = ()) -> Path:
+    """The output folder, refused when it already holds results unless `overwrite` (which clears it).
+
+    `work_dirs` (sub-folders an earlier stage of the same run wrote) are neither results nor cleared.
+
+    Example:
+        >>> prepare_output("out", overwrite=True)  # doctest: +SKIP
+        PosixPath('out')
+    """
+    out = Path(output)
+    if out.exists() and any(p.name not in work_dirs for p in out.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(f"{out} is not empty; pass --overwrite to replace it")
+        for path in out.iterdir():
+            if path.name not in work_dirs:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return out
+
+
 def _slug(step: Any) -> str:
     return re.sub(r"[^a-z0-9]+", "_", type(step).__name__.lower()).strip("_")
 
@@ -225,13 +244,7 @@ def run_steps(
         mmsieve.hub.SourceError / mmsieve.schemas.SchemaError: the source cannot be read.
         OutputExistsError: `output` holds results and `overwrite` is False.
     """
-    out = Path(output)
-    if out.exists() and any(p.name not in work_dirs for p in out.iterdir()):
-        if not overwrite:
-            raise OutputExistsError(f"{out} is not empty; pass --overwrite to replace it")
-        for path in out.iterdir():
-            if path.name not in work_dirs:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    out = prepare_output(output, overwrite, work_dirs)
     options = {
         "split": split,
         "config": config,

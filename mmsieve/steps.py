@@ -255,7 +255,7 @@ class SampleFilter(SampleStep, BaseFilter):
         """BaseFilter's loop (stats, exclusion writer) over prefetched batches."""
         self.rank = rank
         with self.exclusion_writer if self.exclusion_writer else contextlib.nullcontext() as writer:
-            for docs, columns in stream_columns(self, data):
+            for docs, _, columns in stream_columns(self, data):
                 self.stat_update("batches")
                 for doc, verdict in zip(docs, self._verdicts(docs, columns)):
                     self.stat_update(StatHints.total)
@@ -271,8 +271,10 @@ class SampleFilter(SampleStep, BaseFilter):
                         writer.write(doc, rank)
 
 
-def stream_columns(step: SampleStep, data: DocumentsPipeline) -> Iterator[tuple[list[Document], Columns]]:
-    """Batches of documents with their columns, prepared ahead through `process_stream`."""
+def stream_columns(
+    step: SampleStep, data: DocumentsPipeline
+) -> Iterator[tuple[list[Document], list[Sample], Columns]]:
+    """Batches of documents with their samples and columns, prepared ahead through `process_stream`."""
     pending: list[list[Document]] = []
 
     def sample_batches() -> Iterator[list[Sample]]:
@@ -280,8 +282,8 @@ def stream_columns(step: SampleStep, data: DocumentsPipeline) -> Iterator[tuple[
             pending.append(docs)
             yield [document_to_sample(doc) for doc in docs]
 
-    for _, columns in step.process_stream(sample_batches()):
-        yield pending.pop(0), columns
+    for samples, columns in step.process_stream(sample_batches()):
+        yield pending.pop(0), samples, columns
 
 
 class SampleScorer(SampleStep, PipelineStep):
@@ -295,7 +297,7 @@ class SampleScorer(SampleStep, PipelineStep):
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         self.rank = rank
-        for docs, columns in stream_columns(self, data):
+        for docs, _, columns in stream_columns(self, data):
             self.stat_update("batches")
             for i, doc in enumerate(docs):
                 _annotate(doc, columns, i)

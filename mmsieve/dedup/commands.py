@@ -8,7 +8,6 @@ mmsieve decontaminate --input SRC --output DIR --index INDEX_DIR_OR_HUB_ID [--th
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -144,7 +143,3 @@ def decontamination_step(args: argparse.Namespace) -> Any:
         embedder=args.embedder,
         batch_size=args.batch_size,
     )
-
-
-def print_report(report: dict[str, Any]) -> None:
-    print(json.dumps(report, indent=2, default=str))

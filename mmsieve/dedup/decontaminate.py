@@ -98,10 +98,11 @@ class DecontaminationFilter(EmbeddingStepMixin, SampleFilter):
         if self.check_images:
             batch = embed_samples(samples, self.embedder, self.pool, prepared)
             sims, items = index.search_images(batch.vectors)
-            for k in np.argsort(-sims, kind="stable"):  # the best match of each sample first
-                owner = batch.owner[k]
-                if np.isnan(best_sim[owner]):
-                    best_sim[owner], best_item[owner] = sims[k], items[k]
+            order = np.lexsort((-sims, batch.owner))  # per sample, its best match first
+            owner = batch.owner[order]
+            best = np.ones(len(order), bool)
+            best[1:] = owner[1:] != owner[:-1]
+            best_sim[owner[best]], best_item[owner[best]] = sims[order][best], items[order][best]
         out: Columns = {name: [] for name in ("keep", "mmsieve_reason", "mmsieve_detail", *self.output_features())}
         for i, sample in enumerate(samples):
             kind = label = detail = None

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,10 +38,9 @@ from datatrove.data import DocumentsPipeline
 from datatrove.io import get_datafolder
 from datatrove.pipeline.base import PipelineStep
 
-from mmsieve.dedup.clustering import find_near_duplicates
+from mmsieve.dedup.clustering import DuplicateClusters, find_near_duplicates
 from mmsieve.dedup.embedders import ImageEmbedder
 from mmsieve.dedup.sample_vectors import ImageEmbeddingScorer, embed_samples
-from mmsieve.documents import document_to_sample
 from mmsieve.reasons import NEAR_DUPLICATE
 from mmsieve.sample import KEEP_COLUMN, Sample
 from mmsieve.schemas import Schema
@@ -103,8 +102,7 @@ class NearDuplicateSignature(ImageEmbeddingScorer):
             self.output_folder.open(f"{rank:05d}.rows.parquet", "wb") as rows_file,
             pq.ParquetWriter(rows_file, schema) as rows_writer,
         ):
-            for docs, columns in stream_columns(self, data):
-                samples = [document_to_sample(doc) for doc in docs]
+            for _, samples, columns in stream_columns(self, data):
                 valid = [i for i, s in enumerate(samples) if s.reason is None]
                 blocks = [columns["image_embeddings"][i] for i in valid]
                 for block in blocks:
@@ -116,10 +114,11 @@ class NearDuplicateSignature(ImageEmbeddingScorer):
                     "error": [columns["image_embedding_error"][i] for i in valid],
                 }
                 rows_writer.write_table(pa.table(rows, schema=schema))
+                images = sum(rows["n_vectors"])
                 n_rows += len(valid)
-                n_vectors += sum(len(block) for block in blocks)
+                n_vectors += images
                 self.stat_update("samples", value=len(valid))
-                self.stat_update("images", value=sum(len(block) for block in blocks))
+                self.stat_update("images", value=images)
         done = {"rows": n_rows, "vectors": n_vectors, "dim": int(self.embedder.dim), "embedder": self.embedder_name()}
         with self.output_folder.open(f"{rank:05d}.done.json", "w") as f:
             json.dump(done, f)
@@ -148,6 +147,30 @@ def _read_shards(folder: Any) -> tuple[list[np.ndarray], list[Any], int | None, 
     return vectors, tables, dim, embedder
 
 
+def cluster_entries(clusters: DuplicateClusters, labels: Sequence[str]) -> dict[int, dict[str, Any]]:
+    """Owner index -> its stage-3 columns, for every owner in a cluster of two or more.
+
+    `dup_cluster` numbers the clusters 0, 1, ... in keeper order; `dup_of` (the keeper's label) and
+    `dup_similarity` are set on the removed owners only.
+
+    Example:
+        >>> clusters = find_near_duplicates(np.eye(2, dtype=np.float32)[[0, 0, 1]], np.arange(3), 0.95)
+        >>> cluster_entries(clusters, ["a", "b", "c"])[1]
+        {'keep': False, 'dup_of': 'a', 'dup_cluster': 0, 'dup_similarity': 1.0}
+    """
+    sizes = np.bincount(clusters.cluster, minlength=len(clusters.cluster))
+    number = {int(c): n for n, c in enumerate(np.flatnonzero(sizes > 1))}
+    return {
+        int(k): {
+            KEEP_COLUMN: bool(clusters.keeper[k]),
+            "dup_of": None if clusters.keeper[k] else labels[clusters.cluster[k]],
+            "dup_cluster": number[int(clusters.cluster[k])],
+            "dup_similarity": None if clusters.keeper[k] else float(clusters.similarity[k]),
+        }
+        for k in np.flatnonzero(sizes[clusters.cluster] > 1)
+    }
+
+
 def cluster_near_duplicates(
     signatures: Mapping[str, Any],
     output_folder: Any,
@@ -170,6 +193,7 @@ def cluster_near_duplicates(
         >>> cluster_near_duplicates({"data": "work/emb"}, "work/clusters", threshold=0.95)  # doctest: +SKIP
     """
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     started = time.perf_counter()
     blocks, ids, quality, datasets_of, dims, embedders = [], [], [], [], set(), set()
@@ -203,34 +227,27 @@ def cluster_near_duplicates(
         **search_options,
     )
     label = [f"{names[d]}:{i}" for d, i in zip(datasets_of, ids)] if len(names) > 1 else list(ids)
-    in_cluster = np.bincount(clusters.cluster, minlength=len(counts)) > 1
-    members = np.flatnonzero(in_cluster[clusters.cluster])
-    cluster_number = {c: n for n, c in enumerate(np.unique(clusters.cluster[members]))}
+    entries = cluster_entries(clusters, label)
     out = get_datafolder(str(output_folder))
     summary: dict[str, Any] = {
         "embedder": embedders.pop() if embedders else None,
         "threshold": threshold,
         "samples": len(counts),
         "images": len(vectors),
-        "clusters": len(cluster_number),
+        "clusters": sum(1 for entry in entries.values() if entry[KEEP_COLUMN]),
         "duplicates": int(clusters.n_duplicates),
         "by_dataset": {},
     }
+    schema = pa.schema(
+        [("id", pa.string()), (KEEP_COLUMN, pa.bool_()), ("dup_of", pa.string()), ("dup_cluster", pa.int64()),
+         ("dup_similarity", pa.float64())]
+    )  # fmt: skip
     datasets_arr = np.asarray(datasets_of, np.int64)
     for number, dataset in enumerate(names):
-        rows = members[datasets_arr[members] == number] if len(members) else members
-        table = {
-            "id": [ids[k] for k in rows],
-            KEEP_COLUMN: [bool(clusters.keeper[k]) for k in rows],
-            "dup_of": [None if clusters.keeper[k] else label[clusters.cluster[k]] for k in rows],
-            "dup_cluster": [cluster_number[clusters.cluster[k]] for k in rows],
-            "dup_similarity": [None if clusters.keeper[k] else float(clusters.similarity[k]) for k in rows],
-        }
+        rows = [{"id": ids[k], **entry} for k, entry in entries.items() if datasets_arr[k] == number]
         with out.open(f"{dataset}.parquet", "wb") as f:
-            import pyarrow.parquet as pq
-
-            pq.write_table(pa.table(table), f)
-        removed = int(sum(1 for keep in table[KEEP_COLUMN] if not keep))
+            pq.write_table(pa.Table.from_pylist(rows, schema=schema), f)
+        removed = sum(1 for row in rows if not row[KEEP_COLUMN])
         summary["by_dataset"][dataset] = {"samples": int((datasets_arr == number).sum()), "removed": removed}
     summary["seconds"] = round(time.perf_counter() - started, 3)
     with out.open("summary.json", "w") as f:
@@ -368,17 +385,8 @@ def deduplicate(
     clusters = find_near_duplicates(
         vectors, owners, threshold, quality=quality, n_owners=len(counts), **search_options
     )
-    sizes = np.bincount(clusters.cluster, minlength=len(counts))
-    numbers = {c: n for n, c in enumerate(np.flatnonzero(sizes > 1))}
-    table = {
-        str(k): {
-            KEEP_COLUMN: bool(clusters.keeper[k]),
-            "dup_of": None if clusters.keeper[k] else str(clusters.cluster[k]),
-            "dup_cluster": numbers[clusters.cluster[k]],
-            "dup_similarity": None if clusters.keeper[k] else float(clusters.similarity[k]),
-        }
-        for k in np.flatnonzero(sizes[clusters.cluster] > 1)
-    }
+    ids = [str(k) for k in range(len(counts))]
+    table = {ids[k]: entry for k, entry in cluster_entries(clusters, ids).items()}
     return dataset.map(NearDuplicateFilter(table), batched=True, batch_size=256, with_indices=True)
 
 
@@ -386,6 +394,7 @@ __all__ = [
     "NearDuplicateClusterStep",
     "NearDuplicateFilter",
     "NearDuplicateSignature",
+    "cluster_entries",
     "cluster_near_duplicates",
     "deduplicate",
 ]

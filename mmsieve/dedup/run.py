@@ -32,7 +32,7 @@ from mmsieve.dedup.near_duplicates import (
     cluster_near_duplicates,
 )
 from mmsieve.readers import SampleReader
-from mmsieve.runner import OutputExistsError, execute, run_steps
+from mmsieve.runner import execute, prepare_output, run_steps
 
 
 QUALITY_COLUMNS = ("unifilter_score", "clip_score")  # what `--quality-column auto` looks for, in this order
@@ -97,13 +97,7 @@ def run_dedup(
     Example:
         >>> run_dedup(["org/a", "org/b"], "out", "sscd:sscd_disc_mixup.torchscript.pt", tasks=8)  # doctest: +SKIP
     """
-    out = Path(output)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise OutputExistsError(f"{out} is not empty; pass --overwrite to replace it")
-        import shutil
-
-        shutil.rmtree(out)
+    out = prepare_output(output, overwrite)
     work = out / "dedup"
     spec = parse_embedder(embedder)  # fails early on a bad spec; loads nothing
     threshold = spec.default_threshold if threshold is None else threshold
