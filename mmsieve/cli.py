@@ -9,6 +9,8 @@
     mmsieve dedup --input SRC [--input SRC2] --output DIR --embedder sscd:PATH|clip:ID|phash
     mmsieve build-index --output INDEX --embedder SPEC [--benchmarks YAML]
     mmsieve decontaminate --input SRC --output DIR --index INDEX_DIR_OR_ID
+    mmsieve rewrite --input SRC --output DIR --model ID_OR_PATH [--endpoint URL] --threshold X [--adaptive]
+    mmsieve judge --input SRC --output DIR --model ID_OR_PATH [--endpoint URL] [--method finevision|mlm_filter]
     mmsieve demo [--output DIR]
 
 A bad argument or an unreadable input prints one line on stderr and exits with code 2.
@@ -169,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     from mmsieve.dedup.commands import add_commands as add_dedup_commands
 
     add_dedup_commands(sub, _add_source_arguments, _positive)
+    from mmsieve.judge.commands import add_command as add_judge_command
+    from mmsieve.rewrite.commands import add_command as add_rewrite_command
+
+    add_rewrite_command(sub, _add_source_arguments, _positive)
+    add_judge_command(sub, _add_source_arguments, _positive)
     p_demo = sub.add_parser(
         "demo", help="build the demo set from photos shipped in scikit-image and run the pipeline on it"
     )
@@ -263,10 +270,10 @@ def source_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _run(args: argparse.Namespace, step: Any) -> int:
+def _run(args: argparse.Namespace, *steps: Any) -> int:
     from mmsieve.runner import run_steps
 
-    stats = run_steps(args.input, args.output, [step], **source_options(args))
+    stats = run_steps(args.input, args.output, list(steps), **source_options(args))
     _print_summary(stats)
     print(f"stats:   {os.path.join(args.output, 'stats.json')}")
     return 0
@@ -307,6 +314,17 @@ def _run_dedup_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_generating_command(args: argparse.Namespace) -> int:
+    from mmsieve.judge.commands import judge_step
+    from mmsieve.rewrite.commands import rewrite_steps
+
+    try:
+        steps = rewrite_steps(args) if args.command == "rewrite" else [judge_step(args)]
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    return _run(args, *steps)
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from mmsieve.demo import run_demo
 
@@ -331,6 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_training_command(args)
         if args.command in ("dedup", "build-index", "decontaminate"):
             return _run_dedup_command(args)
+        if args.command in ("rewrite", "judge"):
+            return _run_generating_command(args)
         return _run_demo(args)
     except (CliError, SourceError, SchemaError, OutputExistsError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__

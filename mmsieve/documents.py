@@ -137,6 +137,27 @@ def sample_to_document(sample: Sample) -> Document:
     return Document(text=text or EMPTY_TEXT, id=sample.id, media=media, metadata=metadata)
 
 
+def refresh_document(doc: Document, sample: Sample) -> None:
+    """Write a sample's text back into the Document it was read from, after a step rewrote that text.
+
+    The text, the layout and each image's `text_offset` are recomputed; the id, the media bytes and the other
+    metadata stay as they are. `doc` must be the Document `sample` came from (`document_to_sample(doc)`).
+
+    Example:
+        >>> doc = sample_to_document(Sample.caption("c/1", ImageRef(data=b"..."), "A dgo."))
+        >>> sample = document_to_sample(doc)
+        >>> sample.text = "A dog."
+        >>> refresh_document(doc, sample)
+        >>> doc.text, document_to_sample(doc).text
+        ('A dog.', 'A dog.')
+    """
+    text, layout, offsets = _linearise(sample)
+    doc.text = text or EMPTY_TEXT
+    doc.metadata[LAYOUT_KEY] = json.dumps(layout, ensure_ascii=False)
+    for media, offset in zip(doc.media, offsets, strict=True):
+        media.metadata = {**(media.metadata or {}), "text_offset": len(text) if offset is None else offset}
+
+
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str | bytes) else value
 

@@ -33,10 +33,10 @@ from datatrove.pipeline.filters.base_filter import BaseFilter, get_filter_result
 from datatrove.utils.batching import batched
 from datatrove.utils.typeshelper import StatHints
 
-from mmsieve.documents import document_to_sample
+from mmsieve.documents import document_to_sample, refresh_document
 from mmsieve.images import DecodePool
 from mmsieve.sample import DETAIL_COLUMN, KEEP_COLUMN, REASON_COLUMN, Sample
-from mmsieve.schemas import Schema, detect_schema, rows_to_samples
+from mmsieve.schemas import Schema, detect_schema, rows_to_samples, samples_to_rows
 
 
 Columns = dict[str, list[Any]]
@@ -53,6 +53,7 @@ class SampleStep:
     """
 
     is_filter: ClassVar[bool] = False
+    rewrites_content: ClassVar[bool] = False  # True: `compute` edits the samples' text in place (a rewriter)
 
     def __init__(self, batch_size: int = 64, schema: Schema | None = None):
         self.batch_size = batch_size
@@ -140,6 +141,11 @@ class SampleStep:
             indices = [next(self._map_counter) for _ in range(n)]
         samples = rows_to_samples(batch, schema, [str(i) for i in indices])
         out = self.process(samples)
+        if self.rewrites_content:  # the edited text goes back into the row's own text column(s)
+            rows = samples_to_rows(samples, schema)
+            for role, column in schema.columns.items():
+                if role not in ("image", "images"):
+                    out[column] = rows[column]
         if self.is_filter and KEEP_COLUMN in batch:
             for i, (was_kept, old_reason, old_detail) in enumerate(
                 zip(batch[KEEP_COLUMN], batch.get(REASON_COLUMN, [None] * n), batch.get(DETAIL_COLUMN, [None] * n))
@@ -167,7 +173,12 @@ class SampleStep:
         declared = {KEEP_COLUMN: Value("bool"), REASON_COLUMN: Value("string"), DETAIL_COLUMN: Value("string")}
         schema = Features({**declared, **self.output_features()}).arrow_schema
         for name, values in columns.items():
-            array = pa.array(values, type=schema.field(name).type if name in schema.names else None)
+            if name in schema.names:
+                array = pa.array(values, type=schema.field(name).type)
+            elif name in table.column_names:  # a rewritten content column keeps its input type
+                array = pa.array(values, type=table.schema.field(name).type)
+            else:
+                array = pa.array(values)
             if name in table.column_names:
                 table = table.set_column(table.column_names.index(name), name, array)
             else:
@@ -297,9 +308,11 @@ class SampleScorer(SampleStep, PipelineStep):
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         self.rank = rank
-        for docs, _, columns in stream_columns(self, data):
+        for docs, samples, columns in stream_columns(self, data):
             self.stat_update("batches")
             for i, doc in enumerate(docs):
+                if self.rewrites_content and samples[i].reason is None:
+                    refresh_document(doc, samples[i])
                 _annotate(doc, columns, i)
                 self.stat_update("total")
                 for name, values in columns.items():
