@@ -8,7 +8,9 @@ The set has all three kinds, each in its own real-world schema:
   their questions and answers.
 
 Then dedup (edited copies of the photos planted) and decontamination (easy-vqa test images planted, the
-easy-vqa test split as the benchmark), and a demo classifier trained, evaluated and used to filter.
+easy-vqa test split as the benchmark), a demo classifier trained, evaluated and used to filter, and quality-gated
+rewriting of the captions it scores low (a demonstration of the mechanics: a scripted loopback endpoint plays the
+VLM).
 
 Example:
     >>> report = run_demo("demo_output")  # doctest: +SKIP
@@ -60,14 +62,18 @@ def run_demo(
     from mmsieve.demo.dedup import run_dedup_stage
 
     report["dedup"] = run_dedup_stage(out, verbose)
-    report["scoring"] = _score_stage(out, verbose, train_minutes, train_images)
+    report["scoring"], training = _score_stage(out, verbose, train_minutes, train_images)
+    from mmsieve.demo.rewrite import run_rewrite_stage
+
+    report["rewrite"] = run_rewrite_stage(out, training["checkpoint"], training["test_records"], verbose)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report
 
 
-def _score_stage(out: Path, verbose: bool, minutes: float, images: int) -> dict[str, Any]:
+def _score_stage(out: Path, verbose: bool, minutes: float, images: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train the demo classifier (at most 3 minutes), then score every kind's kept rows with it and filter a set of
-    unseen shape captions, reporting how many of each true level the filter kept."""
+    unseen shape captions, reporting how many of each true level the filter kept. Returns the report and the
+    training result (its checkpoint and unseen test records)."""
     from collections import Counter
 
     import datasets
@@ -109,4 +115,4 @@ def _score_stage(out: Path, verbose: bool, minutes: float, images: int) -> dict[
         print(
             f"  filter unifilter_class == 3 on {stats['rows_in']} unseen shape captions: kept {stats['kept']} ({shares})"
         )
-    return scoring
+    return scoring, training
