@@ -48,12 +48,14 @@ def add_backend_arguments(group: Any, prefix: str = "", what: str = "the model")
 
 
 def backend_from_args(args: argparse.Namespace, prefix: str = "", max_tokens: int = 256) -> GenerationBackend:
-    """The backend the options describe: a server when `--{prefix}endpoint` is given, else in process.
+    """The backend the options describe: a server when `--{prefix}endpoint` is given, else in process (whose
+    config is read here: `ValueError` when it cannot be).
 
     Example:
-        >>> args = argparse.Namespace(model="m", endpoint=None, temperature=0.0, generate_batch_size=4, device=None)
-        >>> backend_from_args(args).name
-        'transformers:m'
+        >>> args = argparse.Namespace(model="Qwen/Qwen2.5-VL-3B-Instruct", endpoint=None, temperature=0.0,
+        ...                           generate_batch_size=4, device=None)
+        >>> backend_from_args(args).name  # doctest: +SKIP
+        'transformers:Qwen/Qwen2.5-VL-3B-Instruct'
     """
     attr = prefix.replace("-", "_")
     model, endpoint = getattr(args, f"{attr}model"), getattr(args, f"{attr}endpoint")
@@ -68,10 +70,35 @@ def backend_from_args(args: argparse.Namespace, prefix: str = "", max_tokens: in
             temperature=temperature,
             max_tokens=max_tokens,
         )
+    check_model(model)
     sampling: dict[str, Any] = {"do_sample": True, "temperature": temperature} if temperature > 0 else {}
     return TransformersBackend(
         model, device=args.device, batch_size=args.generate_batch_size, max_new_tokens=max_tokens, **sampling
     )
 
 
-__all__ = ["add_backend_arguments", "backend_from_args"]
+def check_model(model: str) -> None:
+    """Read an in-process model's config now, so a wrong `--model` fails in one line before any worker starts.
+
+    Raises:
+        ValueError: the checkpoint cannot be found or read.
+
+    Example:
+        >>> check_model("/no/such/folder")
+        Traceback (most recent call last):
+        ...
+        ValueError: no model folder at /no/such/folder
+    """
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    if model.startswith((".", "/", "~")) and not Path(model).expanduser().exists():
+        raise ValueError(f"no model folder at {model}")
+    try:
+        AutoConfig.from_pretrained(model)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot load model {model!r}: {str(err).splitlines()[0]}") from None
+
+
+__all__ = ["add_backend_arguments", "backend_from_args", "check_model"]
