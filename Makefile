@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/score.py
 	$(BIN)/python bench/dedup.py
+	$(BIN)/python bench/generate.py
 
 clean:
 	rm -rf demo_output bench_output .pytest_cache .ruff_cache
