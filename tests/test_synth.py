@@ -295,61 +295,9 @@ def test_parse_document_requires_markers() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_llava(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from transformers import (
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-        Qwen2Config,
-        SiglipImageProcessor,
-        SiglipVisionConfig,
-    )
+    from mmsieve.models.tiny import build_tiny_llava
 
-    from mmsieve.models.tiny import build_tokenizer
-
-    out = tmp_path_factory.mktemp("llava")
-    tok = build_tokenizer(300)
-    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    torch.manual_seed(0)
-    vis = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
-    text = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    config = LlavaConfig(
-        vision_config=SiglipVisionConfig(**vis, image_size=32, patch_size=8),
-        text_config=text,
-        image_token_id=tok.convert_tokens_to_ids("<image>"),
-        vision_feature_select_strategy="full",
-        vision_feature_layer=-1,
-    )
-    model = LlavaForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.save_pretrained(out)
-    template = (
-        "{% for m in messages %}{{ m['role'] }}: {% if m['content'] is string %}{{ m['content'] }}{% else %}"
-        "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}"
-        "{% endfor %}{% endif %}{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
-    )
-    LlavaProcessor(
-        image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}),
-        tokenizer=tok,
-        patch_size=8,
-        vision_feature_select_strategy="full",
-        image_token="<image>",
-        num_additional_image_tokens=0,
-        chat_template=template,
-    ).save_pretrained(out)
-    return out
+    return build_tiny_llava(tmp_path_factory.mktemp("llava"))
 
 
 def test_transformers_backend(tiny_llava: Path, photos: dict[str, bytes], broken: dict[str, bytes | None]) -> None:

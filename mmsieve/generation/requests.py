@@ -16,7 +16,7 @@ import base64
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 
 _REFUSAL = re.compile(r"^\W*(i'?m sorry|i am sorry|sorry,|i cannot|i can'?t|i can not|i'?m unable|as an ai)", re.I)
@@ -79,6 +79,27 @@ def reply_error(text: str | None) -> str | None:
     if _REFUSAL.match(text.strip()):
         return f"refusal: {text.strip()[:80]!r}"
     return None
+
+
+class LoadsLazily:
+    """A backend whose model loads on first use: pickling (into datatrove workers, or `Dataset.map`'s fingerprint)
+    drops the loaded objects named in `_loaded`, and the copy loads them again when it first generates.
+
+    Example:
+        >>> class Backend(LoadsLazily):
+        ...     _loaded = ("_model",)
+        >>> import pickle; b = Backend(); b._model = lambda: None  # an unpicklable "model"
+        >>> pickle.loads(pickle.dumps(b))._model is None
+        True
+    """
+
+    _loaded: ClassVar[tuple[str, ...]] = ()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for name in self._loaded:
+            state[name] = None
+        return state
 
 
 def image_data_url(data: bytes) -> str:

@@ -6,6 +6,9 @@ official training, "</s>" is EOS, "<pad>" pads), and a SigLIP tower in `vision_t
 to by absolute path, with its `preprocessor_config.json`. The default tower sees a 27x27 patch grid, like
 SigLIP-so400m at 384 px, so the 27 -> 12 adaptive pooling behaves as in the real model.
 
+`build_tiny_llava` and `build_tiny_chat_lm` save tiny random chat models (a LLaVA and a text-only Qwen2) for the
+generation backends.
+
 Example:
     >>> path = build_tiny_unifilter(tmp_path / "unifilter")  # doctest: +SKIP
     >>> model = UniFilterModel.from_pretrained(path)  # doctest: +SKIP
@@ -263,3 +266,225 @@ def build_tiny_sscd(
     if torchscript:
         torch.jit.script(model).save(str(path / "model.torchscript.pt"))
     return path
+
+
+# A minimal chat template: "role: text" lines, images as "<image>" placeholders, then "assistant: ". It renders both
+# string contents (text LMs) and lists of {"type": ...} parts (processors).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def _tiny_qwen2_config(tokenizer: Any) -> Any:
+    """A 1-layer, 32-dim Qwen2 config over `tokenizer`'s vocabulary, initialised wide enough (std 0.3) that the
+    replies depend on the prompt (at the usual 0.02 a random model writes the same text whatever it is asked)."""
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.3,
+    )
+
+
+def _readable_head(lm_head: torch.nn.Linear, tokenizer: Any) -> None:
+    """Make a random model's greedy replies readable text that sometimes ends: zero the output rows of the special
+    tokens (but EOS) and of the tokens that do not decode alone to printable text (partial UTF-8 bytes, controls),
+    so their logit 0 never beats the best of the ~130 random others, and double the EOS row, so that some replies
+    stop after a few tokens while others run to the limit."""
+    keep = torch.zeros(lm_head.out_features, dtype=torch.bool)
+    for token in range(len(tokenizer)):
+        text = tokenizer.decode([token])
+        whole = text.isprintable() and tokenizer(text, add_special_tokens=False).input_ids == [token]
+        keep[token] = token == tokenizer.eos_token_id or (whole and token not in tokenizer.all_special_ids)
+    with torch.no_grad():
+        lm_head.weight[~keep] = 0.0
+        lm_head.weight[tokenizer.eos_token_id] *= 2.0
+
+
+def build_tiny_llava(folder: str | Path, seed: int = 0) -> Path:
+    """Save a random LLaVA (tiny SigLIP vision tower + tiny Qwen2) and its `LlavaProcessor` with a chat template.
+
+    A 32x32 image is 16 `<image>` tokens; greedy replies are printable text, some of which end early (see
+    `_readable_head`). `AutoModelForImageTextToText` and `AutoProcessor` load the folder
+    offline; deterministic in `seed`, and the global torch RNG is left untouched.
+
+    Example:
+        >>> path = build_tiny_llava(tmp_path / "llava")  # doctest: +SKIP
+        >>> TransformersBackend(path, max_new_tokens=8)  # doctest: +SKIP
+    """
+    from transformers import (
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
+    )
+
+    folder = Path(folder)
+    tokenizer = build_tokenizer(300)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    vision = SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=_tiny_qwen2_config(tokenizer),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config)
+    _readable_head(model.lm_head, tokenizer)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(folder)  # safetensors
+    LlavaProcessor(
+        image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="full",
+        image_token="<image>",
+        num_additional_image_tokens=0,
+        chat_template=CHAT_TEMPLATE,
+    ).save_pretrained(folder)
+    return folder
+
+
+def build_tiny_chat_lm(folder: str | Path, seed: int = 0) -> Path:
+    """Save a random text-only chat LLM (a tiny `Qwen2ForCausalLM`) and its tokenizer with a chat template.
+
+    No image processor: `AutoModelForCausalLM` and `AutoTokenizer` load the folder offline; deterministic in `seed`,
+    and the global torch RNG is left untouched.
+
+    Example:
+        >>> path = build_tiny_chat_lm(tmp_path / "lm")  # doctest: +SKIP
+        >>> TransformersBackend(path, max_new_tokens=8)  # a text-only judge  # doctest: +SKIP
+    """
+    from transformers import Qwen2ForCausalLM
+
+    folder = Path(folder)
+    tokenizer = build_tokenizer(300)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(_tiny_qwen2_config(tokenizer))
+    _readable_head(model.lm_head, tokenizer)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _qwen2_style_tokenizer() -> Any:
+    """`build_tokenizer`'s BPE as a `Qwen2Tokenizer` (Qwen's pre-tokenizer), plus Qwen's "\\n\\n" merge; EOS "</s>"."""
+    from transformers import Qwen2Tokenizer
+
+    state = json.loads(build_tokenizer(512).backend_tokenizer.to_str())
+    vocab, merges = dict(state["model"]["vocab"]), [tuple(m) for m in state["model"]["merges"]]
+    vocab["ĊĊ"], merges = len(vocab), [*merges, ("Ċ", "Ċ")]  # "\n\n" is one token in Qwen2's vocabulary too
+    return Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, eos_token="</s>", pad_token="<pad>")
+
+
+def build_tiny_aitqe(folder: str | Path, seed: int = 0) -> Path:
+    """Save a random AITQE checkpoint in the official `HymanH/AITQE` layout; loads offline with `load_aitqe`.
+
+    `config.json` (`model_type="mm"`, the fields `modeling_mm.py` / `data_processor.py` read), two safetensors shards
+    with the official key names plus `model.safetensors.index.json`, `generation_config.json`, a `Qwen2Tokenizer`,
+    and the SigLIP configs (`config.json`, `preprocessor_config.json`; no weights, as on the Hub) in the folder
+    `vision_model_name_or_path` names, `siglip-so400m-patch14-384/`. Qwen2: hidden 32, 1 layer; SigLIP: hidden 32,
+    2 layers (hidden_states[-2] is a real layer), 28 px in 4 px patches = 49 image tokens. `language_model_name_or_path`
+    stays `"Qwen/Qwen2-7B"`: the loader never reads it. Deterministic in `seed`; the global torch RNG is untouched.
+
+    Example:
+        >>> path = build_tiny_aitqe(tmp_path / "aitqe")  # doctest: +SKIP
+        >>> load_aitqe(path, device="cpu").evaluate([image], ["a cat"], output_all=True)  # doctest: +SKIP
+    """
+    from safetensors.torch import save_file
+    from transformers import GenerationConfig, SiglipConfig
+
+    from mmsieve.models.aitqe import AITQEConfig, AITQEModel
+
+    folder = Path(folder)
+    tokenizer = _qwen2_style_tokenizer()
+    vision_dir = folder / "siglip-so400m-patch14-384"
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    siglip = SiglipConfig(
+        vision_config={**vision, "image_size": 28, "patch_size": 4},
+        text_config={"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": 1,
+                     "eos_token_id": 2, "pad_token_id": 0},
+    )  # fmt: skip
+    siglip.save_pretrained(vision_dir)
+    _write_preprocessor_config(vision_dir, 28)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    raw: dict[str, Any] = {
+        "architectures": ["MMForCausalLM"],
+        "model_type": "mm",
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "hidden_act": "silu",
+        "max_position_embeddings": 1024,
+        "initializer_range": 0.2,  # sharper random logits: fewer greedy near-ties
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "use_sliding_window": False,
+        "sliding_window": 1024,
+        "max_window_layers": 1,
+        "tie_word_embeddings": False,
+        "bos_token_id": None,
+        "eos_token_id": eos,
+        "pad_token_id": pad,
+        "eos_token_index": eos,
+        "pad_token_index": pad,
+        "image_token_index": len(tokenizer) + 1,
+        "IGNORE_INDEX": -100,
+        "language_model_name_or_path": "Qwen/Qwen2-7B",
+        "vision_model_name_or_path": vision_dir.name,
+        "mm_projector_type": "mlp",
+        "image_aspect_ratio": "square",
+        "visual_hidden_dim": 32,
+        "pesudo_img_size": 28,
+        "pesudo_patch_size": 4,
+        "image_tile_tokens": 49,
+        "pooling_kernel": 1,
+        "torch_dtype": "float32",
+    }
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AITQEModel(AITQEConfig.from_dict(raw), siglip.vision_config)
+        with torch.no_grad():
+            model.image_newline.normal_(0.0, 32**-0.5)
+    state = {key: value.contiguous() for key, value in model.state_dict().items()}
+    shards = {
+        "model-00001-of-00002.safetensors": {k: v for k, v in state.items() if k.startswith("model.")},
+        "model-00002-of-00002.safetensors": {k: v for k, v in state.items() if not k.startswith("model.")},
+    }
+    weight_map = {}
+    for name, tensors in shards.items():
+        save_file(tensors, str(folder / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, name))
+    total = sum(v.numel() * v.element_size() for v in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    (folder / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
+    GenerationConfig(bos_token_id=None, eos_token_id=eos, pad_token_id=pad).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
