@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mmsieve.generation.aitqe_backend import AITQEBackend
 from mmsieve.generation.openai_backend import OpenAIBackend
 from mmsieve.generation.requests import (
     ChatRequest,
@@ -41,6 +42,7 @@ def open_backend(model: str, *, endpoint: str | None = None, **options: Any) -> 
 
 
 __all__ = [
+    "AITQEBackend",
     "ChatRequest",
     "GenerationBackend",
     "OpenAIBackend",
