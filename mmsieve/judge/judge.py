@@ -190,6 +190,7 @@ class Judge(SampleScorer):
         }
         parse = parse_rating if self.method == "finevision" else parse_mlm_score
         replies = [(self.backend, text_requests), (self.vision_backend, vision_requests)]
+        failed: dict[str, str] = {}  # request key -> problem (listed below in request order, not arrival order)
         for backend, requests in replies:
             if backend is None or not requests:
                 continue
@@ -197,12 +198,15 @@ class Judge(SampleScorer):
                 ask = asks[request.key]
                 where = f"turn {ask.turn} {ask.field}" if self.method == "finevision" else ask.field
                 if error is not None:
-                    problems[ask.sample].append(f"{where}: {error}")
+                    failed[request.key] = f"{where}: {error}"
                     continue
                 value = parse(text)
                 if value is None:
-                    problems[ask.sample].append(f"{where}: unparseable reply {(text or '')[:60]!r}")
+                    failed[request.key] = f"{where}: unparseable reply {(text or '')[:60]!r}"
                 values[(ask.sample, ask.field)][ask.turn] = value
+        for key, ask in asks.items():
+            if key in failed:
+                problems[ask.sample].append(failed[key])
         return self._columns(len(samples), values, problems)
 
     def _columns(self, n: int, values: dict[tuple[int, str], list[int | None]], problems: list[list[str]]) -> Columns:

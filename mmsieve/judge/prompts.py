@@ -127,7 +127,7 @@ MLM_FILTER_CRITERIA = {
 MLM_FILTER_METRICS = tuple(MLM_FILTER_CRITERIA)
 
 _LABELLED = re.compile(r"\b(?:rating|score)\s*(?:is|of|[:=])?\s*\**\s*(\d{1,3})\b", re.IGNORECASE)
-_INTEGER = re.compile(r"\d{1,3}")
+_INTEGER = re.compile(r"(?<!\d)\d{1,3}(?!\d)")  # a whole number: "1000" is not read as 100, nor "2024" as 4
 
 
 def mlm_filter_prompt(metric: str, caption: str) -> str:

@@ -7,7 +7,8 @@ Which rows are rewritten:
     a `threshold` then narrows what is sent to it.
 
 What is rewritten: a caption; each answer of a conversation (its question goes along as context); in interleaved
-documents nothing, unless `rewrite_interleaved`, and then only the text segments next to an image.
+documents nothing, unless `rewrite_interleaved`, and then only the text segments next to an image. A row without
+an image is never rewritten (the model would rewrite blind): `nothing to rewrite next to an image`.
 
 Adaptive mode (`rescorer`): the rewrite is scored with the same scorer and kept only when its score went up;
 otherwise the original text stays. Every row gets the provenance columns:
@@ -179,6 +180,8 @@ class Rewriter(SampleScorer):
 
     def _pieces(self, position: int, sample: Sample) -> list[_Piece]:
         images = [im.data for im in sample.present_images() if im.data is not None]
+        if sample.kind != "interleaved" and not images:
+            return []  # no image to ground the rewrite in: the model would rewrite blind
         if sample.kind == "caption":
             if not sample.text:
                 return []
