@@ -322,3 +322,31 @@ def test_backend_is_lazy_and_named(tiny: Path) -> None:
     backend = AITQEBackend(tiny, device="cpu")
     assert backend.name == f"aitqe:{tiny}" and backend._model is None
     assert list(backend.generate([])) == [] and backend._model is not None
+
+
+def test_rewrite_cli_runs_the_aitqe_checkpoint(
+    tiny: Path, photos: dict[str, bytes], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`mmsieve rewrite --aitqe` end to end on real JPEGs: every row is sent to the checkpoint (no threshold: the
+    model decides), and every row leaves with an AITQE outcome (random weights: what it says is not checked)."""
+    import datasets
+
+    from mmsieve.cli import main
+
+    names = sorted(photos)[:3]
+    rows = {"image": [{"bytes": photos[n], "path": f"{n}.jpg"} for n in names], "caption": [f"a {n}" for n in names]}
+    ds = datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image(decode=False))
+    ds.to_parquet(str(tmp_path / "in" / "data.parquet"))
+    args = ["rewrite", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--aitqe", "--model", str(tiny)]
+    assert main(args) == 0
+    out = datasets.load_dataset("parquet", data_dir=str(tmp_path / "out" / "kept"), split="train")
+    assert len(out) == 3 and set(out.column_names) >= {"aitqe_score", "original_text", "rewrite_reason"}
+    for row in out:
+        assert row["rewrite_reason"] and row["rewrite_model"] in (None, f"aitqe:{tiny}")
+        assert row["rewritten"] == (row["original_text"] is not None)
+        if not row["rewritten"]:  # a random model rarely writes a readable dict: the reason says what happened
+            assert row["caption"].startswith("a ")
+            assert row["rewrite_reason"].startswith(("unreadable AITQE output", "AITQE kept", "generation failed"))
+    args[4] = str(tmp_path / "out2")  # a fresh folder: the refusal below is about --endpoint
+    assert main([*args, "--endpoint", "http://127.0.0.1:9"]) == 2  # AITQE runs in process only
+    assert "drop --endpoint" in capsys.readouterr().err
