@@ -150,7 +150,8 @@ class Judge(SampleScorer):
             if not images:
                 return [], ["no image to rate against"]
             for metric in self.axes:
-                request = ChatRequest(f"{i}:{metric}:0", "", mlm_filter_prompt(metric, sample.text), images[:1])
+                prompt = mlm_filter_prompt(metric, sample.text)
+                request = ChatRequest(f"{i}:{metric}:0", "", prompt, images[:1], max_tokens=self.max_tokens)
                 asks.append((_Ask(i, metric, 0), request, True))
             return asks, problems
         turns = self._turns(sample)
@@ -164,7 +165,8 @@ class Judge(SampleScorer):
                     problems.append(f"turn {t} {name}: no image")
                     continue
                 prompt = axis.template.format(question=turn.user or "(none)", answer=turn.assistant)
-                request = ChatRequest(f"{i}:{name}:{t}", "", prompt, images if axis.needs_image else [])
+                shown = images if axis.needs_image else []
+                request = ChatRequest(f"{i}:{name}:{t}", "", prompt, shown, max_tokens=self.max_tokens)
                 asks.append((_Ask(i, name, t), request, axis.needs_image))
         return asks, problems
 
@@ -181,7 +183,6 @@ class Judge(SampleScorer):
             turns = self._turns(sample)
             n_turns.append(len(turns) if turns is not None and self.method == "finevision" else 1)
             for ask, request, vision in found:
-                request.max_tokens = self.max_tokens
                 asks[request.key] = ask
                 use_vision = vision and self.vision_backend is not None
                 (vision_requests if use_vision else text_requests).append(request)
