@@ -32,3 +32,92 @@ def caption_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mmsieve.demo.corpus import build_captions
 
     return build_captions(tmp_path_factory.mktemp("captions"))
+
+
+# -- loopback fake Hugging Face Hub (tests/loopback_hub.py) ------------------------------------------------------------
+
+from collections.abc import Iterator  # noqa: E402 - kept next to the fixtures that use it
+from typing import TYPE_CHECKING  # noqa: E402
+
+
+if TYPE_CHECKING:
+    from loopback_hub import LoopbackHub
+
+LOOPBACK_TOKEN = "hf_loopbackTOKEN1234567890"
+
+
+@pytest.fixture(scope="session")
+def loopback_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackHub]:
+    """The fake Hub server, shared by the session (127.0.0.1, random port, storage in a temp dir)."""
+    from loopback_hub import LoopbackHub
+
+    with LoopbackHub(tmp_path_factory.mktemp("loopback_hub")) as server:
+        yield server
+
+
+@pytest.fixture
+def hub(loopback_hub: LoopbackHub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[LoopbackHub]:
+    """Point huggingface_hub and datasets at the fake Hub for one test: online, Xet off, fake token, temp caches.
+
+    Environment variables are set too (not only the module constants), so spawned workers (`num_proc>1`) and
+    subprocesses reach the fake Hub. The request log and `tokens_seen` are reset, so they cover this test only.
+    Use `hub.new_repo_id("data")` for a repo id no other test uses, `hub.files(...)` / `hub.commits(...)` to check.
+    """
+    import datasets.config
+    import huggingface_hub.constants as hf_constants
+    from huggingface_hub import HfFileSystem
+
+    url, home, ds_cache = loopback_hub.url, tmp_path / "hf_home", tmp_path / "hf_datasets_cache"
+    env = {
+        "HF_ENDPOINT": url,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_OFFLINE": "0",
+        "HF_DATASETS_OFFLINE": "0",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+        "HF_TOKEN": LOOPBACK_TOKEN,
+        "HF_HOME": str(home),
+        "HF_DATASETS_CACHE": str(ds_cache),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for name in ("TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_XET_CACHE", "HF_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {
+        "ENDPOINT": url,
+        "HUGGINGFACE_CO_URL_TEMPLATE": url + "/{repo_id}/resolve/{revision}/{filename}",
+        "HF_HUB_OFFLINE": False,
+        "HF_HUB_DISABLE_XET": True,  # `utils._runtime.is_xet_available()` reads this at call time
+        "HF_HUB_DISABLE_TELEMETRY": True,
+        "HF_HUB_DISABLE_UPDATE_CHECK": True,
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": str(home / "hub"),
+        "HUGGINGFACE_HUB_CACHE": str(home / "hub"),
+        "HF_ASSETS_CACHE": str(home / "assets"),
+        "HF_XET_CACHE": str(home / "xet"),
+        "HF_TOKEN_PATH": str(home / "token"),
+        "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
+    }.items():
+        monkeypatch.setattr(hf_constants, name, value)
+    for name in ("AGENT_HARNESSES_PATH", "CHECK_FOR_UPDATE_DONE_PATH", "CHECK_FOR_SKILL_UPDATE_DONE_PATH"):
+        if hasattr(hf_constants, name):  # not in every huggingface_hub version
+            monkeypatch.setattr(hf_constants, name, str(home / os.path.basename(getattr(hf_constants, name))))
+    for name, value in {
+        "HF_ENDPOINT": url,
+        "HUB_DATASETS_URL": url + "/datasets/{repo_id}/resolve/{revision}/{path}",
+        "HF_HUB_OFFLINE": False,
+        "HF_DATASETS_OFFLINE": False,
+        "HF_CACHE_HOME": str(home),
+        "HF_DATASETS_CACHE": ds_cache,
+        "HF_MODULES_CACHE": home / "modules",
+        "DOWNLOADED_DATASETS_PATH": ds_cache / "downloads",
+        "EXTRACTED_DATASETS_PATH": ds_cache / "downloads" / "extracted",
+    }.items():
+        monkeypatch.setattr(datasets.config, name, value)
+    from huggingface_hub.utils._runtime import is_xet_available
+
+    assert not is_xet_available(), "Xet must be off: the loopback Hub only speaks git-LFS"
+    HfFileSystem.clear_instance_cache()  # fsspec caches instances (and their listings) across tests
+    loopback_hub.reset_log()
+    yield loopback_hub
+    HfFileSystem.clear_instance_cache()
