@@ -11,7 +11,11 @@
     mmsieve decontaminate --input SRC --output DIR --index INDEX_DIR_OR_ID
     mmsieve rewrite --input SRC --output DIR --model ID_OR_PATH [--endpoint URL] --threshold X [--adaptive]
     mmsieve judge --input SRC --output DIR --model ID_OR_PATH [--endpoint URL] [--method finevision|mlm_filter]
-    mmsieve demo [--output DIR]
+    mmsieve push-dataset DIR --repo ID [--include-removed] [--private]
+    mmsieve push-model DIR --repo ID [--private]
+    mmsieve demo [--output DIR] [--push-to ID]
+
+Every processing command takes --push-to ID (publish the result with its card) and --private.
 
 A bad argument or an unreadable input prints one line on stderr and exits with code 2.
 """
@@ -87,6 +91,9 @@ def _add_source_arguments(parser: argparse.ArgumentParser, multiple_inputs: bool
     )
     group.add_argument("--overwrite", action="store_true", help="replace DIR if it already holds results")
     group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from mmsieve.hub.commands import add_push_arguments
+
+    add_push_arguments(group)
     group.add_argument(
         "--verbose", action="store_true", help="print datatrove's task logs (always kept in DIR/datatrove/logs/)"
     )
@@ -176,12 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_rewrite_command(sub, _add_source_arguments, _positive)
     add_judge_command(sub, _add_source_arguments, _positive)
+    from mmsieve.hub.commands import add_commands as add_hub_commands
+
+    add_hub_commands(sub)
     p_demo = sub.add_parser(
         "demo", help="build the demo set from photos shipped in scikit-image and run the pipeline on it"
     )
     p_demo.add_argument(
         "--output", "-o", default="demo_output", metavar="DIR", help="demo folder (default demo_output)"
     )
+    p_demo.add_argument("--push-to", default=None, metavar="REPO_ID", help="publish the demo's curated captions")
+    p_demo.add_argument("--private", action="store_true", help="with --push-to: create the repo private")
     return parser
 
 
@@ -276,6 +288,34 @@ def _run(args: argparse.Namespace, *steps: Any) -> int:
     stats = run_steps(args.input, args.output, list(steps), **source_options(args))
     _print_summary(stats)
     print(f"stats:   {os.path.join(args.output, 'stats.json')}")
+    _push(args, args.output)
+    return 0
+
+
+def _push(args: argparse.Namespace, output: str) -> None:
+    """`--push-to`: publish the output folder; a failure is one line and exit code 2 (the results stay on disk)."""
+    from mmsieve.hub.commands import push_after_run
+    from mmsieve.hub.publish import PublishError
+
+    try:
+        report = push_after_run(args, output)
+    except (PublishError, ValueError) as err:
+        raise CliError(f"the run finished ({output}) but publishing failed: {err}") from None
+    if report is not None:
+        print(
+            f"pushed:  {report['url']} ({'new commit ' + report['commit'][:10] if report['changed'] else 'unchanged'})"
+        )
+
+
+def _run_push_command(args: argparse.Namespace) -> int:
+    from mmsieve.hub.commands import run_push
+    from mmsieve.hub.publish import PublishError
+
+    try:
+        report = run_push(args)
+    except (PublishError, ValueError) as err:
+        raise CliError(str(err)) from None
+    _print_json(report)
     return 0
 
 
@@ -311,6 +351,7 @@ def _run_dedup_command(args: argparse.Namespace) -> int:
         print(f"{name}: " if name else "", end="")
         _print_summary(part)
     print(f"stats:   {os.path.join(args.output, 'stats.json')}")
+    _push(args, args.output)
     return 0
 
 
@@ -327,8 +368,12 @@ def _run_generating_command(args: argparse.Namespace) -> int:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from mmsieve.demo import run_demo
+    from mmsieve.hub.publish import PublishError
 
-    report = run_demo(args.output)
+    try:
+        report = run_demo(args.output, push_to=args.push_to, private=args.private)
+    except PublishError as err:
+        raise CliError(str(err)) from None
     print(json.dumps(report["summary"]))
     return 0
 
@@ -351,6 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_dedup_command(args)
         if args.command in ("rewrite", "judge"):
             return _run_generating_command(args)
+        if args.command in ("push-dataset", "push-model"):
+            return _run_push_command(args)
         return _run_demo(args)
     except (CliError, SourceError, SchemaError, OutputExistsError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
