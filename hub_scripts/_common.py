@@ -1,0 +1,168 @@
+"""What the dataset recipes in this folder share: their options, running on the chosen executor, publishing.
+
+Not a recipe itself. A recipe builds its steps, then:
+
+    stats = run(args, steps, argv, __file__)   # local / ray: the stats; slurm: None (the jobs are queued)
+    if stats is not None:
+        publish(args, stats)
+
+`run` is one code path for every executor: `build_pipeline` + `make_executor` + `.run()`, then `stats.json`
+(`mmsieve.executors.run_pipeline`). A Slurm submission returns at once, so `run` prints the command that
+writes `stats.json` and publishes once the jobs have finished: the same command line plus `--finalize`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mmsieve.executors import add_executor_arguments, collect_stats, executor_options, run_pipeline
+from mmsieve.readers import SampleReader
+
+
+EXIT_USAGE = 2
+
+
+def positive(value: str) -> int:
+    """argparse type: an integer >= 1."""
+    number = int(value) if value.lstrip("-").isdigit() else 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def build_parser(doc: str, script: str, kind: str = "auto") -> argparse.ArgumentParser:
+    """A recipe's parser (its docstring as help) with the input/output, publishing and executor options."""
+    parser = argparse.ArgumentParser(
+        prog=Path(script).name, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    group = parser.add_argument_group("input and output")
+    group.add_argument("--input", "-i", required=True, metavar="SRC", help="Hub dataset id or local parquet/jsonl")
+    group.add_argument("--output", "-o", required=True, metavar="DIR", help="receives kept/, removed/, stats.json")
+    group.add_argument(
+        "--kind", default=kind, help=f"schema: auto, caption, interleaved, or a format (default {kind})"
+    )
+    group.add_argument("--columns", default=None, metavar="ROLE=COL,...", help="e.g. image=jpg,text=alt")
+    group.add_argument("--split", default=None, help="split to read (default: train, or the only split)")
+    group.add_argument("--config", default=None, help="Hub dataset configuration (subset)")
+    group.add_argument("--limit", type=positive, default=None, metavar="N", help="read only the first N rows")
+    group.add_argument("--overwrite", action="store_true", help="replace DIR if it already holds results")
+    group.add_argument("--resume", action="store_true", help="keep DIR and skip the tasks that already completed")
+    group.add_argument(
+        "--finalize",
+        action="store_true",
+        help="do not run: write stats.json from a finished run's task stats (e.g. after Slurm), then publish",
+    )
+    group.add_argument("--verbose", action="store_true", help="print datatrove's task logs on the console")
+    publish = parser.add_argument_group("publishing")
+    publish.add_argument("--push-to", default=None, metavar="REPO_ID", help="publish the result as a Hub dataset")
+    publish.add_argument("--push-removed", action="store_true", help="also publish the removed split (with reasons)")
+    publish.add_argument("--private", action="store_true", help="create the dataset repo private")
+    publish.add_argument("--license", default=None, help="the dataset card's license, e.g. cc-by-4.0")
+    publish.add_argument("--pretty-name", default=None, help="the dataset card's title")
+    add_executor_arguments(parser)
+    return parser
+
+
+def reader(args: argparse.Namespace) -> SampleReader:
+    """The `SampleReader` the input options describe."""
+    from mmsieve.schemas import parse_columns
+
+    return SampleReader(
+        args.input,
+        kind=args.kind,
+        columns=parse_columns(args.columns) if args.columns else None,
+        split=args.split,
+        config=args.config,
+        limit=args.limit,
+    )
+
+
+def run(args: argparse.Namespace, steps: Sequence[Any], argv: Sequence[str] | None, script: str) -> dict | None:
+    """Run `[reader, *steps, writer]` on `--executor` (or with `--finalize` only collect the stats).
+
+    Returns the stats (also in `OUTPUT/stats.json`), or None when Slurm jobs were submitted: then the command
+    that finishes the run is printed.
+    """
+    source = reader(args)
+    options = executor_options(args)
+    if args.finalize:
+        stats = collect_stats(source, args.output, steps, logging_dir=options["logging_dir"])
+    else:
+        job_name = Path(script).stem
+        stats = run_pipeline(
+            source,
+            args.output,
+            steps,
+            **options,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            verbose=args.verbose,
+            job_name=job_name,
+        )
+    if stats is None:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        command = shlex.join(["python", _display_path(script), *argv, "--finalize"])
+        print(f"submitted {options['tasks']} Slurm tasks writing to {args.output}")
+        print(f"when the jobs have finished, write stats.json{' and publish' if args.push_to else ''} with:")
+        print(f"  {command}")
+        return None
+    print(f"rows in {stats['rows_in']}, kept {stats['kept']}, removed {stats['removed']}")
+    for reason, count in stats["removed_by_reason"].items():
+        print(f"  {reason:<24} {count}")
+    print(f"stats:   {os.path.join(args.output, 'stats.json')}")
+    return stats
+
+
+def _display_path(script: str) -> str:
+    path = Path(script).resolve()
+    try:
+        return path.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def publish(args: argparse.Namespace, stats: dict[str, Any]) -> dict[str, Any] | None:
+    """`--push-to`: publish `OUTPUT` (kept split, removed split with `--push-removed`, card, plots)."""
+    if not args.push_to:
+        return None
+    from mmsieve.hub.publish import push_dataset
+
+    is_hub_id = not Path(args.input).exists() and args.input.count("/") == 1
+    report = push_dataset(
+        args.output,
+        args.push_to,
+        include_removed=args.push_removed,
+        private=args.private,
+        license=args.license,
+        source_datasets=[args.input] if is_hub_id else None,
+        pretty_name=args.pretty_name,
+    )
+    print(f"pushed:  {report['url']} ({'commit ' + report['commit'][:10] if report['changed'] else 'unchanged'})")
+    return report
+
+
+def guarded(main: Callable[..., int]) -> Callable[..., int]:
+    """Turn the errors a user can fix (a bad source, argument, index or token) into one line and exit code 2."""
+
+    @functools.wraps(main)
+    def wrapper(argv: Sequence[str] | None = None) -> int:
+        from mmsieve.executors import RunNotFinishedError
+        from mmsieve.hub.publish import PublishError
+        from mmsieve.hub.sources import SourceError
+        from mmsieve.schemas import SchemaError
+
+        fixable = (SourceError, SchemaError, PublishError, RunNotFinishedError, OSError, ValueError, ImportError)
+        try:
+            return main(argv)
+        except fixable as err:  # ImportError: e.g. the ray executor without ray installed
+            print(f"{Path(main.__code__.co_filename).name}: error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+
+    return wrapper
