@@ -28,10 +28,16 @@ from mmsieve.demo.corpus import build_captions, build_conversations, build_inter
 
 
 def run_demo(
-    output: str | Path = "demo_output", verbose: bool = True, train_minutes: float = 3.0, train_images: int = 1000
+    output: str | Path = "demo_output",
+    verbose: bool = True,
+    train_minutes: float = 3.0,
+    train_images: int = 1000,
+    push_to: str | None = None,
+    private: bool = False,
 ) -> dict[str, Any]:
     """Build the demo sources under `output/sources`, run the hygiene pipeline on each, train a demo classifier
-    (at most `train_minutes`, on `train_images` easy-vqa images), then score and filter with it.
+    (at most `train_minutes`, on `train_images` easy-vqa images), then score, filter and rewrite with it. Ends by
+    writing the curated results as Hub dataset repos under `output/hub/` (pushed to `push_to` when given).
 
     Returns a report with the stats of every run and a compact `summary` (rows in, kept, removed
     by reason per source). Results go to `output/<source>/{kept,removed,stats.json}`.
@@ -66,6 +72,9 @@ def run_demo(
     from mmsieve.demo.rewrite import run_rewrite_stage
 
     report["rewrite"] = run_rewrite_stage(out, training["checkpoint"], training["test_records"], verbose)
+    from mmsieve.demo.publish import run_publish_stage
+
+    report["hub"] = run_publish_stage(out, push_to, private, verbose)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report
 
