@@ -30,14 +30,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import guarded, positive
+from _common import guarded
 
+from mmsieve.arguments import positive
 from mmsieve.training.train import TrainConfig, train_classifier
 from mmsieve.training.workflow import (
     FROM_SCRATCH_STAGES,
     evaluate_checkpoint,
     load_training_data,
     split_by_source,
+    training_report,
     write_card,
 )
 
@@ -141,12 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         limitations=["Trained from random initialisation: no pretrained knowledge."] if scratch else (),
     )
     overall = results["overall"]
-    report = {
-        "checkpoint": str(checkpoint),
-        "card": str(card),
-        "train_seconds": round(seconds, 1),
-        "test": {k: overall.get(k) for k in ("accuracy", "macro_f1", "mae", "spearman", "num_samples")},
-    }
+    report = training_report(checkpoint, card, seconds, results)
     print(f"trained in {seconds:.0f} s; test accuracy {overall['accuracy']:.3f}, Spearman {overall['spearman']}")
     if args.push_to:
         from mmsieve.hub.publish import push_model

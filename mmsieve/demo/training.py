@@ -135,13 +135,10 @@ def train_demo_model(out: Path, minutes: float = 3.0, images: int = 1000, verbos
             "it judges whether a caption names the right shape and colour. It is not an image-text quality model."
         ),
     )
+    from mmsieve.training.workflow import training_report
+
     overall = results["overall"]
-    report = {
-        "checkpoint": str(checkpoint),
-        "card": str(card),
-        "train_seconds": round(seconds, 1),
-        "test": {k: overall.get(k) for k in ("accuracy", "macro_f1", "mae", "spearman", "num_samples")},
-    }
+    report = training_report(checkpoint, card, seconds, results)
     (out / "models" / "demo_training.json").write_text(json.dumps(report, indent=2) + "\n")
     if verbose:
         print(

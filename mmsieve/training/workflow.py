@@ -122,6 +122,22 @@ def write_card(
     return folder / "README.md"
 
 
+def training_report(checkpoint: Path, card: Path, train_seconds: float, results: dict[str, Any]) -> dict[str, Any]:
+    """The short JSON report of a training run: where the checkpoint and card are, time, headline test metrics.
+
+    Example:
+        >>> training_report(Path("m"), Path("m/README.md"), 12.34, {"overall": {"accuracy": 0.9}})["test"]["accuracy"]
+        0.9
+    """
+    overall = results["overall"]
+    return {
+        "checkpoint": str(checkpoint),
+        "card": str(card),
+        "train_seconds": round(train_seconds, 1),
+        "test": {k: overall.get(k) for k in ("accuracy", "macro_f1", "mae", "spearman", "num_samples")},
+    }
+
+
 def _stage2(num_labels: int) -> str:
     loss = "MSE on the 0-3 level" if num_labels == 1 else f"cross-entropy over {num_labels} levels"
     return f"stage 2: classifier ({loss}); vision tower frozen, LLM and projector trained"
