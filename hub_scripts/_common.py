@@ -22,19 +22,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mmsieve.arguments import positive
 from mmsieve.executors import add_executor_arguments, collect_stats, executor_options, run_pipeline
 from mmsieve.readers import SampleReader
 
 
 EXIT_USAGE = 2
-
-
-def positive(value: str) -> int:
-    """argparse type: an integer >= 1."""
-    number = int(value) if value.lstrip("-").isdigit() else 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
 
 
 def build_parser(doc: str, script: str, kind: str = "auto") -> argparse.ArgumentParser:
@@ -52,6 +45,9 @@ def build_parser(doc: str, script: str, kind: str = "auto") -> argparse.Argument
     group.add_argument("--split", default=None, help="split to read (default: train, or the only split)")
     group.add_argument("--config", default=None, help="Hub dataset configuration (subset)")
     group.add_argument("--limit", type=positive, default=None, metavar="N", help="read only the first N rows")
+    group.add_argument(
+        "--streaming", action="store_true", help="stream the source: each task fetches only its own files"
+    )
     group.add_argument("--overwrite", action="store_true", help="replace DIR if it already holds results")
     group.add_argument("--resume", action="store_true", help="keep DIR and skip the tasks that already completed")
     group.add_argument(
@@ -64,7 +60,7 @@ def build_parser(doc: str, script: str, kind: str = "auto") -> argparse.Argument
     publish.add_argument("--push-to", default=None, metavar="REPO_ID", help="publish the result as a Hub dataset")
     publish.add_argument("--push-removed", action="store_true", help="also publish the removed split (with reasons)")
     publish.add_argument("--private", action="store_true", help="create the dataset repo private")
-    publish.add_argument("--license", default=None, help="the dataset card's license, e.g. cc-by-4.0")
+    publish.add_argument("--license", default=None, help="the card's license (default: the source's, else unknown)")
     publish.add_argument("--pretty-name", default=None, help="the dataset card's title")
     add_executor_arguments(parser)
     return parser
@@ -81,6 +77,7 @@ def reader(args: argparse.Namespace) -> SampleReader:
         split=args.split,
         config=args.config,
         limit=args.limit,
+        streaming=args.streaming,
     )
 
 
@@ -134,14 +131,12 @@ def publish(args: argparse.Namespace, stats: dict[str, Any]) -> dict[str, Any] |
         return None
     from mmsieve.hub.publish import push_dataset
 
-    is_hub_id = not Path(args.input).exists() and args.input.count("/") == 1
-    report = push_dataset(
+    report = push_dataset(  # the card names the source dataset and carries its license over
         args.output,
         args.push_to,
         include_removed=args.push_removed,
         private=args.private,
         license=args.license,
-        source_datasets=[args.input] if is_hub_id else None,
         pretty_name=args.pretty_name,
     )
     print(f"pushed:  {report['url']} ({'commit ' + report['commit'][:10] if report['changed'] else 'unchanged'})")

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from _common import build_parser, guarded, positive, publish, run
+from _common import build_parser, guarded, publish, run
 
+from mmsieve.arguments import positive
 from mmsieve.filters import HygieneFilter, UniFilterFilter, UniFilterScorer
 
 

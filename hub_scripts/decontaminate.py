@@ -24,8 +24,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from _common import build_parser, guarded, positive, publish, run
+from _common import build_parser, guarded, publish, run
 
+from mmsieve.arguments import positive
 from mmsieve.dedup.contamination_index import ContaminationIndex, build_index, load_benchmarks
 from mmsieve.dedup.decontaminate import DecontaminationFilter
 from mmsieve.dedup.embedders import parse_embedder

@@ -23,11 +23,14 @@ A bad argument or an unreadable input prints one line on stderr and exits with c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
+
+from mmsieve.arguments import fraction, positive
 
 
 EXIT_USAGE = 2
@@ -40,26 +43,6 @@ class CliError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one clear line instead of usage + error
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
-
-
-def _fraction(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {value!r}") from None
-    if not 0 < number <= 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {value!r}")
-    return number
 
 
 def _add_source_arguments(parser: argparse.ArgumentParser, multiple_inputs: bool = False) -> None:
@@ -84,11 +67,14 @@ def _add_source_arguments(parser: argparse.ArgumentParser, multiple_inputs: bool
     )
     group.add_argument("--split", default=None, help="split to read (default: train, or the only split)")
     group.add_argument("--config", default=None, help="Hub dataset configuration (subset)")
-    group.add_argument("--limit", type=_positive, default=None, metavar="N", help="read only the first N rows")
-    group.add_argument("--tasks", type=_positive, default=1, metavar="N", help="datatrove tasks (shards); default 1")
+    group.add_argument("--limit", type=positive, default=None, metavar="N", help="read only the first N rows")
     group.add_argument(
-        "--workers", type=_positive, default=1, metavar="N", help="parallel worker processes; default 1"
+        "--streaming",
+        action="store_true",
+        help="stream the source (no full download first; each task fetches only its own files)",
     )
+    group.add_argument("--tasks", type=positive, default=1, metavar="N", help="datatrove tasks (shards); default 1")
+    group.add_argument("--workers", type=positive, default=1, metavar="N", help="parallel worker processes; default 1")
     group.add_argument("--overwrite", action="store_true", help="replace DIR if it already holds results")
     group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     from mmsieve.hub.commands import add_push_arguments
@@ -161,10 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cut = group.add_mutually_exclusive_group()
     cut.add_argument("--threshold", type=float, default=None, help="keep samples scoring at least this")
-    cut.add_argument("--keep-fraction", type=_fraction, default=None, help="keep this top fraction of the run (0-1]")
+    cut.add_argument("--keep-fraction", type=fraction, default=None, help="keep this top fraction of the run (0-1]")
     group.add_argument("--vision-tower", default=None, help="UniFilter: override config.mm_vision_tower (id or path)")
-    group.add_argument("--batch-size", type=_positive, default=64, help="samples per batch (default 64)")
-    group.add_argument("--max-batch-tokens", type=_positive, default=16_384, help="UniFilter: tokens per forward pass")
+    group.add_argument("--batch-size", type=positive, default=64, help="samples per batch (default 64)")
+    group.add_argument("--max-batch-tokens", type=positive, default=16_384, help="UniFilter: tokens per forward pass")
     group.add_argument(
         "--overflow", choices=("skip", "truncate"), default="skip", help="UniFilter: documents over the limits"
     )
@@ -174,15 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--device", default=None, help="force a device (default: the task's GPU, else CPU)")
     from mmsieve.training.commands import add_commands
 
-    add_commands(sub, _positive)
+    add_commands(sub, positive)
     from mmsieve.dedup.commands import add_commands as add_dedup_commands
 
-    add_dedup_commands(sub, _add_source_arguments, _positive)
+    add_dedup_commands(sub, _add_source_arguments, positive)
     from mmsieve.judge.commands import add_command as add_judge_command
     from mmsieve.rewrite.commands import add_command as add_rewrite_command
 
-    add_rewrite_command(sub, _add_source_arguments, _positive)
-    add_judge_command(sub, _add_source_arguments, _positive)
+    add_rewrite_command(sub, _add_source_arguments, positive)
+    add_judge_command(sub, _add_source_arguments, positive)
     from mmsieve.hub.commands import add_commands as add_hub_commands
 
     add_hub_commands(sub)
@@ -274,6 +260,7 @@ def source_options(args: argparse.Namespace) -> dict[str, Any]:
         "split": args.split,
         "config": args.config,
         "limit": args.limit,
+        "streaming": args.streaming,
         "tasks": args.tasks,
         "workers": args.workers,
         "progress": not args.no_progress and sys.stderr.isatty(),
@@ -386,23 +373,47 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "filter":
-            return _run_filter(args)
-        if args.command == "score":
-            return _run(args, _score_step(args))
-        if args.command in ("synth", "train", "eval"):
-            return _run_training_command(args)
-        if args.command in ("dedup", "build-index", "decontaminate"):
-            return _run_dedup_command(args)
-        if args.command in ("rewrite", "judge"):
-            return _run_generating_command(args)
-        if args.command in ("push-dataset", "push-model"):
-            return _run_push_command(args)
-        return _run_demo(args)
+        with _library_progress_bars(not getattr(args, "no_progress", False) and sys.stderr.isatty()):
+            return _dispatch(args)
     except (CliError, SourceError, SchemaError, OutputExistsError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"mmsieve {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+
+
+@contextlib.contextmanager
+def _library_progress_bars(enabled: bool) -> Iterator[None]:
+    """`datasets` and `huggingface_hub` progress bars only on a terminal (not in batch logs or with --no-progress)."""
+    import datasets
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was = datasets.is_progress_bar_enabled(), not are_progress_bars_disabled()
+    if not enabled:
+        datasets.disable_progress_bars()
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was[0]:
+            datasets.enable_progress_bars()
+        if was[1]:
+            enable_progress_bars()
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "filter":
+        return _run_filter(args)
+    if args.command == "score":
+        return _run(args, _score_step(args))
+    if args.command in ("synth", "train", "eval"):
+        return _run_training_command(args)
+    if args.command in ("dedup", "build-index", "decontaminate"):
+        return _run_dedup_command(args)
+    if args.command in ("rewrite", "judge"):
+        return _run_generating_command(args)
+    if args.command in ("push-dataset", "push-model"):
+        return _run_push_command(args)
+    return _run_demo(args)
 
 
 if __name__ == "__main__":

@@ -28,39 +28,16 @@ import contextlib
 import json
 import shutil
 import time as _time
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
+
+from mmsieve.arguments import non_negative, positive, positive_or_unlimited
 
 
 ExecutorKind = Literal["local", "slurm", "ray"]
 EXECUTORS: tuple[str, ...] = ("local", "slurm", "ray")
 RAY_INSTALL_HINT = 'the ray executor needs Ray: pip install "datatrove[ray]"'
-
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
-
-
-def _workers(value: str) -> int:
-    return -1 if value == "-1" else _positive(value)
-
-
-def _non_negative(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
-    return number
 
 
 def add_executor_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -80,16 +57,16 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
         default="local",
         help="local (default): worker processes here; slurm: an sbatch job array; ray: a Ray cluster",
     )
-    group.add_argument("--tasks", type=_positive, default=1, metavar="N", help="datatrove tasks (shards); default 1")
+    group.add_argument("--tasks", type=positive, default=1, metavar="N", help="datatrove tasks (shards); default 1")
     group.add_argument(
         "--workers",
-        type=_workers,
+        type=positive_or_unlimited,
         default=None,
         metavar="N",
         help="tasks running at once (default: 1 locally, no limit (-1) on slurm and ray)",
     )
-    group.add_argument("--gpus-per-task", type=_non_negative, default=0, metavar="N", help="GPUs per task (slurm/ray)")
-    group.add_argument("--cpus-per-task", type=_positive, default=1, metavar="N", help="CPUs per task (slurm/ray)")
+    group.add_argument("--gpus-per-task", type=non_negative, default=0, metavar="N", help="GPUs per task (slurm/ray)")
+    group.add_argument("--cpus-per-task", type=positive, default=1, metavar="N", help="CPUs per task (slurm/ray)")
     group.add_argument("--partition", default=None, help="slurm: the partition (required with --executor slurm)")
     group.add_argument(
         "--time",
@@ -380,7 +357,7 @@ def run_pipeline(
     logs = str(logging_dir) if logging_dir else default_logging_dir(output)
     _prepare(output, logs, overwrite, resume)
     pipeline = build_pipeline(reader, output, steps)
-    tasks = max(1, min(tasks, reader.num_rows or 1))
+    tasks = reader.task_count(tasks)
     runner = make_executor(
         executor,
         pipeline,
@@ -472,47 +449,13 @@ def collect_stats(
     """
     from datatrove.io import get_datafolder
 
-    from mmsieve.runner import _step_stats, _versions
+    from mmsieve.runner import run_stats
 
     logs = str(logging_dir) if logging_dir else default_logging_dir(output)
     pipeline_stats, tasks, longest = _task_stats(logs, tasks)
-    schema = reader.schema if reader.schema is not None else reader.open()[1]
-    seconds = seconds if seconds is not None else longest
-    removed: Counter[str] = Counter()
-    step_reports = []
-    for step in steps:
-        counts = _step_stats(pipeline_stats, step)
-        dropped = {k[len("dropped_") :]: int(v) for k, v in counts.items() if k.startswith("dropped_")}
-        removed.update(dropped)
-        parameters = step.parameters() if hasattr(step, "parameters") else {}
-        extra = step.report(counts) if hasattr(step, "report") else {}
-        step_reports.append({"step": type(step).__name__, "parameters": parameters, "removed": dropped, **extra})
-    rows_in = int(_step_stats(pipeline_stats, reader).get("documents", 0))
-    kept_writer = pipeline_stats.stats[-1].stats  # the pipeline's last step is the kept writer
-    kept = int(kept_writer["total"].total) if "total" in kept_writer else 0
-    stats = {
-        "source": reader.source,
-        "split": reader.split,
-        "config": reader.config,
-        "kind": schema.kind,
-        "format": schema.format,
-        "columns": dict(schema.columns),
-        "rows_in": rows_in,
-        "kept": kept,
-        "removed": sum(removed.values()),
-        "removed_by_reason": dict(sorted(removed.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "steps": step_reports,
-        "tasks": tasks,
-        "seconds": round(seconds, 3),
-        "rows_per_second": round(rows_in / seconds, 2) if seconds > 0 else None,
-        "versions": _versions(),
-        "outputs": {"kept": _join(output, "kept"), "removed": _join(output, "removed")},
-    }
-    for report in step_reports:
-        if "contamination" in report:  # the dataset card's per-benchmark table
-            stats["contamination"] = report["contamination"]
-    if rows_in != kept + stats["removed"]:
-        raise RuntimeError(f"row accounting broke: {rows_in} in != {kept} kept + {stats['removed']} removed")
+    stats = run_stats(
+        reader, steps, pipeline_stats, output=output, tasks=tasks, seconds=seconds if seconds is not None else longest
+    )
     with get_datafolder(str(output)).open("stats.json", "w") as f:
         f.write(json.dumps(stats, indent=2) + "\n")
     return stats

@@ -166,7 +166,69 @@ def build_pipeline(reader: SampleReader, output: str | Path, steps: Sequence[Sam
 
 
 def _join(base: str | Path, name: str) -> str:
-    return f"{base.rstrip('/')}/{name}" if isinstance(base, str) else str(base / name)
+    return f"{base.rstrip('/')}/{name}" if isinstance(base, str) else str(Path(base) / name)
+
+
+def run_stats(
+    reader: SampleReader,
+    steps: Sequence[Any],
+    pipeline_stats: Any,
+    *,
+    output: str | Path,
+    tasks: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """The `stats.json` of a finished run from datatrove's merged `PipelineStats` of `[reader, *steps, writer]`.
+
+    Rows in, kept, removed by reason, each step with its parameters (and report, e.g. the per-benchmark
+    contamination table), throughput and library versions: what the CLI prints and the dataset card shows.
+
+    Raises:
+        RuntimeError: rows in != kept + removed (a step lost rows).
+
+    Example:
+        >>> stats = run_stats(reader, steps, executor.run(), output="out", tasks=4, seconds=12.5)  # doctest: +SKIP
+        >>> stats["rows_in"] == stats["kept"] + stats["removed"]  # doctest: +SKIP
+        True
+    """
+    schema = reader.schema if reader.schema is not None else reader.open()[1]
+    removed: Counter[str] = Counter()
+    step_reports = []
+    for step in steps:
+        counts = _step_stats(pipeline_stats, step)
+        dropped = {k[len("dropped_") :]: int(v) for k, v in counts.items() if k.startswith("dropped_")}
+        removed.update(dropped)
+        parameters = step.parameters() if hasattr(step, "parameters") else {}
+        extra = step.report(counts) if hasattr(step, "report") else {}  # e.g. the per-benchmark contamination table
+        step_reports.append({"step": type(step).__name__, "parameters": parameters, "removed": dropped, **extra})
+    rows_in = int(_step_stats(pipeline_stats, reader).get("documents", 0))
+    kept_writer = pipeline_stats.stats[-1].stats  # the pipeline's last step is the kept writer
+    kept = int(kept_writer["total"].total) if "total" in kept_writer else 0
+    stats = {
+        "source": reader.source,
+        "split": reader.split,
+        "config": reader.config,
+        **({"streaming": True} if reader.streaming else {}),
+        "kind": schema.kind,
+        "format": schema.format,
+        "columns": dict(schema.columns),
+        "rows_in": rows_in,
+        "kept": kept,
+        "removed": sum(removed.values()),
+        "removed_by_reason": dict(sorted(removed.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "steps": step_reports,
+        "tasks": tasks,
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(rows_in / seconds, 2) if seconds > 0 else None,
+        "versions": _versions(),
+        "outputs": {"kept": _join(output, "kept"), "removed": _join(output, "removed")},
+    }
+    for report in step_reports:
+        if "contamination" in report:  # the dataset card's per-benchmark table
+            stats["contamination"] = report["contamination"]
+    if rows_in != kept + stats["removed"]:
+        raise RuntimeError(f"row accounting broke: {rows_in} in != {kept} kept + {stats['removed']} removed")
+    return stats
 
 
 def _run_two_passes(source: str, out: Path, steps: Sequence[SampleStep], **options: Any) -> dict[str, Any]:
@@ -180,7 +242,8 @@ def _run_two_passes(source: str, out: Path, steps: Sequence[SampleStep], **optio
     first = run_steps(source, out / "pass1", [*before, last.scorer], **options)
     scored = datasets.load_dataset("parquet", data_dir=str(out / "pass1" / "kept"), split="train")
     last.fit(scored[last.column])
-    second_options = {k: v for k, v in options.items() if k not in ("split", "config", "kind", "columns", "limit")}
+    read_options = ("split", "config", "kind", "columns", "limit", "streaming")
+    second_options = {k: v for k, v in options.items() if k not in read_options}
     second = run_steps(str(out / "pass1" / "kept"), out / "pass2", [last], kind=first["format"], **second_options)
     for name in ("kept", "removed"):
         (out / name).mkdir(parents=True, exist_ok=True)
@@ -218,6 +281,7 @@ def run_steps(
     split: str | None = None,
     config: str | None = None,
     limit: int | None = None,
+    streaming: bool = False,
     tasks: int = 1,
     workers: int = 1,
     progress: bool = False,
@@ -234,6 +298,7 @@ def run_steps(
         kind / columns: schema detection hints (see `mmsieve.schemas.detect_schema`).
         split / config: which part of the source to read.
         limit: read only the first `limit` rows.
+        streaming: stream the source instead of downloading and preparing it first (see `SampleReader`).
         tasks / workers: datatrove tasks (shards) and parallel worker processes.
         progress: show a progress bar per task.
         overwrite: replace an existing output folder instead of refusing.
@@ -254,52 +319,24 @@ def run_steps(
         "verbose": verbose,
     }
     if any(getattr(step, "needs_fit", False) for step in steps):
-        return _run_two_passes(source, out, steps, kind=kind, columns=columns, limit=limit, **options)
+        return _run_two_passes(
+            source, out, steps, kind=kind, columns=columns, limit=limit, streaming=streaming, **options
+        )
     reader = SampleReader(
-        source, kind=kind, columns=columns, split=split, config=config, limit=limit, progress=progress
+        source,
+        kind=kind,
+        columns=columns,
+        split=split,
+        config=config,
+        limit=limit,
+        progress=progress,
+        streaming=streaming,
     )
     pipeline = build_pipeline(reader, out, steps)
-    kept_writer = pipeline[-1]
-    rows, schema = reader.num_rows, reader.schema
-    tasks = max(1, min(tasks, rows))
+    tasks = reader.task_count(tasks)
     started = time.perf_counter()
     # task logs, per-task stats, completion markers go to datatrove/
     pipeline_stats = execute(pipeline, out / "datatrove", tasks=tasks, workers=workers, verbose=verbose)
-    seconds = time.perf_counter() - started
-
-    removed: Counter[str] = Counter()
-    step_reports = []
-    for step in steps:
-        counts = _step_stats(pipeline_stats, step)
-        dropped = {k[len("dropped_") :]: int(v) for k, v in counts.items() if k.startswith("dropped_")}
-        removed.update(dropped)
-        parameters = step.parameters() if hasattr(step, "parameters") else {}
-        extra = step.report(counts) if hasattr(step, "report") else {}  # e.g. the per-benchmark contamination table
-        step_reports.append({"step": type(step).__name__, "parameters": parameters, "removed": dropped, **extra})
-    rows_in = int(_step_stats(pipeline_stats, reader).get("documents", 0))
-    kept = int(_step_stats(pipeline_stats, kept_writer).get("total", 0))
-    stats = {
-        "source": source,
-        "split": split,
-        "config": config,
-        "kind": schema.kind,
-        "format": schema.format,
-        "columns": dict(schema.columns),
-        "rows_in": rows_in,
-        "kept": kept,
-        "removed": sum(removed.values()),
-        "removed_by_reason": dict(sorted(removed.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "steps": step_reports,
-        "tasks": tasks,
-        "seconds": round(seconds, 3),
-        "rows_per_second": round(rows_in / seconds, 2) if seconds > 0 else None,
-        "versions": _versions(),
-        "outputs": {"kept": str(out / "kept"), "removed": str(out / "removed")},
-    }
-    for report in step_reports:
-        if "contamination" in report:  # the dataset card's per-benchmark table
-            stats["contamination"] = report["contamination"]
-    if rows_in != kept + stats["removed"]:
-        raise RuntimeError(f"row accounting broke: {rows_in} in != {kept} kept + {stats['removed']} removed")
+    stats = run_stats(reader, steps, pipeline_stats, output=out, tasks=tasks, seconds=time.perf_counter() - started)
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats

@@ -69,6 +69,7 @@ def run_dedup(
     split: str | None = None,
     config: str | None = None,
     limit: int | None = None,
+    streaming: bool = False,
     tasks: int = 1,
     workers: int = 1,
     batch_size: int = 64,
@@ -87,7 +88,7 @@ def run_dedup(
         threshold: cosine similarity for a near-duplicate (default: the embedder's; 0.95 for SSCD).
         quality_column: a score column; the best-scored sample of a cluster is kept. "auto" uses
             `unifilter_score` or `clip_score` when the source has one; None keeps the smallest id.
-        kind / columns / split / config / limit: how to read the sources (as `mmsieve filter`).
+        kind / columns / split / config / limit / streaming: how to read the sources (as `mmsieve filter`).
         tasks / workers: datatrove tasks and worker processes for stages 1 and 3.
         batch_size: samples per embedding batch.
         overwrite: replace an existing output folder.
@@ -102,7 +103,7 @@ def run_dedup(
     spec = parse_embedder(embedder)  # fails early on a bad spec; loads nothing
     threshold = spec.default_threshold if threshold is None else threshold
     names = dataset_names(sources)
-    read = {"kind": kind, "columns": columns, "split": split, "config": config, "limit": limit}
+    read = {"kind": kind, "columns": columns, "split": split, "config": config, "limit": limit, "streaming": streaming}
     signatures = {}
     for name, source in zip(names, sources):
         reader = SampleReader(source, **read)
@@ -116,7 +117,7 @@ def run_dedup(
         execute(
             [reader, step],
             work / "logs" / name,
-            tasks=max(1, min(tasks, len(dataset))),
+            tasks=reader.task_count(tasks),
             workers=workers,
             verbose=verbose,
         )
