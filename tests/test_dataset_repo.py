@@ -173,7 +173,7 @@ def test_card_has_no_local_paths_or_secrets(repo: Path, run_dir: Path, caption_s
         repo_id=None, splits={"train": {"rows": 1, "files": 1}},
     )  # fmt: skip
     assert "sk-very-secret" not in text and "hub_token" not in text
-    assert DatasetCard(text).data.license == "other"  # unknown license
+    assert DatasetCard(text).data.license == "unknown"  # the local source declares none
     stats["steps"][0]["parameters"]["note"] = "hf_" + "a" * 30
     with pytest.raises(ValueError, match="token"):
         render_dataset_card(
@@ -257,3 +257,41 @@ def test_unreadable_images_fail_kept_rows_but_not_removed_ones() -> None:
     ]
     with pytest.raises(ValueError, match="cannot embed a kept image"):
         _embed(table, features, strict=True)
+
+
+def test_earlier_runs_are_shown_and_the_source_license_carried_over(caption_source: Path, tmp_path: Path) -> None:
+    """A run that read an earlier run's kept rows: the card shows both runs and the original source's license."""
+    import shutil
+
+    from mmsieve.hub.lineage import earlier_runs, original_source, source_license
+
+    original = tmp_path / "captions-snapshot"  # a local copy in the Hub layout, README.md with its license
+    (original / "data").mkdir(parents=True)
+    for file in sorted(caption_source.glob("*.parquet")):
+        shutil.copy(file, original / "data" / file.name)
+    (original / "README.md").write_text("---\nlicense: cc-by-sa-4.0\n---\n# Photo captions\n")
+    first = run_steps(str(original), tmp_path / "clean", [HygieneFilter()])
+    second = run_steps(str(tmp_path / "clean" / "kept"), tmp_path / "short", [HygieneFilter(max_chars=100)])
+    assert second["removed_by_reason"] == {"text_too_long": second["removed"]} and second["removed"] > 0
+    assert earlier_runs(second) == [first] and original_source(second) == str(original)
+    assert source_license(str(original / "data")) == source_license(str(original)) == "cc-by-sa-4.0"
+    assert source_license(str(caption_source)) is None
+
+    folder = build_dataset_repo(tmp_path / "short", tmp_path / "repo")
+    card = (folder / "README.md").read_text()
+    data = DatasetCard(card).data
+    assert data.license == "cc-by-sa-4.0" and data.source_datasets is None  # a local source is no Hub dataset
+    assert data.pretty_name == "captions-snapshot (curated)"
+    assert "That source is the output of 1 earlier mmsieve run" in card and "## Earlier runs" in card
+    assert f"### Run 1 on `{original.name}`" in card
+    assert f"**{first['rows_in']}** rows in, **{first['kept']}** kept, **{first['removed']}** removed" in card
+    for reason, count in first["removed_by_reason"].items():
+        assert f"`{reason}` {count}" in card
+    assert card.index("\n#### 1. `HygieneFilter`") < card.index("## Pipeline") < card.index("\n### 1. `HygieneFilter`")
+    assert str(tmp_path) not in card
+    assert (
+        build_dataset_repo(tmp_path / "short", tmp_path / "mit", license="mit")
+        .joinpath("README.md")
+        .read_text(encoding="utf-8")
+        .startswith("---\nlicense: mit\n")
+    )  # an explicit license wins

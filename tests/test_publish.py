@@ -142,3 +142,23 @@ def test_push_commands_refuse_bad_folders(tmp_path: Path, capsys: pytest.Capture
     assert "not an mmsieve run folder" in capsys.readouterr().err
     assert main(["push-model", str(tmp_path), "--repo", "me/x"]) == 2
     assert "safetensors" in capsys.readouterr().err
+
+
+def test_hub_source_license_and_id_reach_the_card(hub: Any, caption_source: Path, tmp_path: Path) -> None:
+    """Curating a Hub dataset: the published card names it in `source_datasets` and carries its license over."""
+    from huggingface_hub import DatasetCard, HfApi
+
+    source = hub.new_repo_id("licensed-source")
+    datasets.load_dataset("parquet", data_dir=str(caption_source), split="train").push_to_hub(source)
+    card = DatasetCard.load(source, repo_type="dataset")
+    card.data.license = "cc-by-nc-4.0"
+    HfApi().upload_file(  # not card.push_to_hub: its module-level client kept the endpoint of import time
+        path_or_fileobj=str(card).encode(), path_in_repo="README.md", repo_id=source, repo_type="dataset"
+    )
+    target = hub.new_repo_id("licensed-curated")
+    out = tmp_path / "run"
+    assert main(["filter", "-i", source, "-o", str(out), "--streaming", "--push-to", target]) == 0
+    published = DatasetCard(hub.files(target, "dataset")["README.md"].decode()).data
+    assert published.license == "cc-by-nc-4.0" and published.source_datasets == [source]
+    assert json.loads((out / "stats.json").read_text())["streaming"] is True
+    assert len(datasets.load_dataset(target, split="train")) == json.loads((out / "stats.json").read_text())["kept"]

@@ -26,9 +26,7 @@ def run_publish_stage(
     }
     stage: dict[str, Any] = {"folders": {}}
     for name, (run_dir, title) in layouts.items():
-        folder = build_dataset_repo(
-            run_dir, out / "hub" / name, include_removed=True, license="other", pretty_name=title
-        )
+        folder = build_dataset_repo(run_dir, out / "hub" / name, include_removed=True, pretty_name=title)
         stage["folders"][name] = str(folder)
         if verbose:
             files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
@@ -49,7 +47,6 @@ def run_publish_stage(
             push_to,
             include_removed=True,
             private=private,
-            license="other",
             pretty_name=layouts["shape-captions"][1],
         )
         if verbose:

@@ -39,7 +39,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("run_dir", metavar="DIR", help="an mmsieve output folder (kept/, removed/, stats.json)")
     p.add_argument("--repo", required=True, metavar="REPO_ID", help="the dataset repo, e.g. me/curated-captions")
     p.add_argument("--include-removed", action="store_true", help="also publish the removed split")
-    p.add_argument("--license", default=None, help="the dataset's license (default: unknown, 'other')")
+    p.add_argument("--license", default=None, help="the dataset's license (default: the source's, else unknown)")
     p.add_argument("--source", action="append", default=None, metavar="ID", help="a source dataset id (repeat)")
     p.add_argument("--pretty-name", default=None, help="the card's title")
     p.add_argument("--private", action="store_true", help="create the repo private")
@@ -101,16 +101,8 @@ def push_after_run(args: argparse.Namespace, output: str | Path) -> dict[str, An
         return None
     from mmsieve.hub.publish import push_dataset
 
-    check_run_dir(output)
-    source = args.input if isinstance(args.input, str) else None
-    is_hub_id = source is not None and not Path(source).exists() and source.count("/") == 1
-    return push_dataset(
-        output,
-        args.push_to,
-        include_removed=args.push_removed,
-        private=args.private,
-        source_datasets=[source] if is_hub_id else None,
-    )
+    check_run_dir(output)  # the card names the source datasets and carries their license over
+    return push_dataset(output, args.push_to, include_removed=args.push_removed, private=args.private)
 
 
 __all__ = ["add_commands", "add_push_arguments", "check_run_dir", "push_after_run", "run_push"]

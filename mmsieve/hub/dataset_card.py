@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from mmsieve.hub.lineage import hub_dataset_id
+
 
 DATASET_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "dataset_card.md.j2"
 REASON_PLOT = "mmsieve_reason"  # the key (and file stem) of the removed-by-reason bar chart in `plots`
@@ -303,6 +305,7 @@ def render_dataset_card(
     pretty_name: str | None,
     repo_id: str | None,
     splits: Mapping[str, Mapping[str, int]],
+    earlier: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """Render the `README.md` of a curated dataset repo from a run's `stats.json`.
 
@@ -311,11 +314,13 @@ def render_dataset_card(
         columns: column name -> type shown in the column table (e.g. `"Image"`, `"float32"`).
         sample_rows: a few rows of text columns, already truncated (no image bytes).
         plots: column -> relative path of its histogram; the key `REASON_PLOT` holds the removed-by-reason chart.
-        license: the card's license (`other` when None).
-        source_datasets: Hub ids of the source data (default: the run's source when it is a Hub id).
-        pretty_name: the title (default: the repo name, else the source's name).
+        license: the card's license (`unknown` when None).
+        source_datasets: Hub ids of the source data (default: the original source when it is a Hub dataset).
+        pretty_name: the title (default: the repo name, else the original source's name).
         repo_id: where the dataset is published (`user/name`); used in the usage example.
         splits: split -> `{"rows": n, "files": k}`; a split with files gets a `configs` entry `data/{split}-*`.
+        earlier: the stats of earlier mmsieve runs whose output this run read, the first run first
+            (`mmsieve.hub.lineage.earlier_runs`): shown with their steps and removals, their methods cited.
 
     Returns:
         The card as markdown with YAML front matter (`huggingface_hub.DatasetCard(text)` parses it).
@@ -327,23 +332,25 @@ def render_dataset_card(
         >>> text = render_dataset_card(stats, columns={}, sample_rows=[], plots={}, license=None,
         ...     source_datasets=None, pretty_name="demo", repo_id=None, splits={"train": {"rows": 0, "files": 1}})  # doctest: +SKIP
     """
-    source = str(stats.get("source") or "")
-    source_shown = display_location(source) if source else "unknown"
-    source_is_hub = bool(source) and display_location(source) == source and _HUB_ID.match(source) is not None
+    runs = [*earlier, stats]  # every run of the chain, the first first
+    original = str(runs[0].get("source") or "")
+    original_hub_id = hub_dataset_id(original)
     if source_datasets is None:
-        source_datasets = [source] if source_is_hub else []
+        source_datasets = [original_hub_id] if original_hub_id else []
     published_rows = sum(int(split.get("rows", 0)) for split in splits.values())
     kind = str(stats.get("kind") or "")
     steps = _steps(stats)
-    methods = [m.replace("_", "-") for m in methods_used(stats)]
+    methods = list(dict.fromkeys(m.replace("_", "-") for run in runs for m in methods_used(run)))
+    tags = [STEP_TAGS.get(step["name"], _kebab(step["name"])) for run in runs for step in _steps(run)]
     data_files = [{"split": name, "path": f"data/{name}-*"} for name, split in splits.items() if split.get("files")]
     card_data = DatasetCardData(
-        license=license or "other",
+        license=license or "unknown",
         task_categories=TASK_CATEGORIES.get(kind, ["image-text-to-text"]),
         source_datasets=list(source_datasets) or None,
         size_categories=[size_category(published_rows)],
-        pretty_name=pretty_name or (repo_id.rstrip("/").split("/")[-1] if repo_id else f"{source_shown} (curated)"),
-        tags=list(dict.fromkeys(["mmsieve", *(STEP_TAGS.get(s["name"], _kebab(s["name"])) for s in steps), *methods])),
+        pretty_name=pretty_name
+        or (repo_id.rstrip("/").split("/")[-1] if repo_id else f"{_source_name(original)} (curated)"),
+        tags=list(dict.fromkeys(["mmsieve", *tags, *methods])),
         configs=[{"config_name": "default", "data_files": data_files}] if data_files else None,
     )
     rows_in = int(stats.get("rows_in") or 0)
@@ -353,8 +360,9 @@ def render_dataset_card(
         template_path=str(DATASET_CARD_TEMPLATE),
         title=card_data.pretty_name,
         repo_id=repo_id,
-        source=_hub_link(source, "datasets/") if source_is_hub else f"`{source_shown}`",
-        source_is_hub=source_is_hub,
+        source=_source_link(str(stats.get("source") or "")),
+        original=_source_link(original),
+        earlier=[_run_summary(run) for run in earlier],
         read_as={k: v for k, v in (("split", stats.get("split")), ("config", stats.get("config"))) if v},
         kind=kind or "unknown",
         format=stats.get("format") or "unknown",
@@ -367,7 +375,7 @@ def render_dataset_card(
         splits=[(name, int(split.get("rows", 0)), int(split.get("files", 0))) for name, split in splits.items()],
         columns=[(name, _cell(kind_)) for name, kind_ in columns.items()],
         steps=steps,
-        models=_models(stats),
+        models=list(dict.fromkeys(model for run in runs for model in _models(run))),
         versions=list((stats.get("versions") or {}).items()),
         reason_plot=plots.get(REASON_PLOT),
         histograms=[(column, path) for column, path in plots.items() if column != REASON_PLOT],
@@ -385,6 +393,34 @@ def render_dataset_card(
     if _HF_TOKEN.search(text):
         raise ValueError("the dataset card contains what looks like a Hugging Face token (hf_...); check the stats")
     return text
+
+
+def _source_name(source: str) -> str:
+    return display_location(source) if source else "unknown"
+
+
+def _source_link(source: str) -> str:
+    """A source for the card's text: a Hub dataset as a link, anything else by its `display_location`."""
+    repo_id = hub_dataset_id(source) if source else None
+    if repo_id is not None and not source.startswith("hf://"):
+        return _hub_link(source, "datasets/")
+    if repo_id is not None:
+        return f"[`{_cell(display_location(source))}`](https://huggingface.co/datasets/{repo_id})"
+    return f"`{_cell(_source_name(source))}`"
+
+
+def _run_summary(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """An earlier run as the card shows it: source, counts, removals by reason, steps."""
+    return {
+        "source": _source_link(str(stats.get("source") or "")),
+        "rows_in": int(stats.get("rows_in") or 0),
+        "kept": int(stats.get("kept") or 0),
+        "removed": int(stats.get("removed") or 0),
+        "reasons": list((stats.get("removed_by_reason") or {}).items()),
+        "steps": _steps(stats),
+        "contamination": [(name, row) for name, row in (stats.get("contamination") or {}).items()],
+        "dedup": _clean(stats.get("dedup")) if isinstance(stats.get("dedup"), Mapping) else None,
+    }
 
 
 def _kebab(name: str) -> str:

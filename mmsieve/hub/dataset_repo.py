@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmsieve.hub.dataset_card import REASON_PLOT, render_dataset_card
+from mmsieve.hub.lineage import earlier_runs, source_license
 from mmsieve.sample import DETAIL_COLUMN, REASON_COLUMN
 
 
@@ -66,7 +67,10 @@ def build_dataset_repo(
             `train` gets empty `mmsieve_reason` / `mmsieve_detail` columns). A split without rows gets no files
             (`datasets` cannot load an empty split), unless no split has rows: then `train` is one empty file.
         max_shard_bytes: upper bound of a parquet file's size (a single larger row gets a shard of its own).
-        license / source_datasets / pretty_name / repo_id: card metadata (see `render_dataset_card`).
+        license: the card's license; by default the original source's (`mmsieve.hub.lineage.source_license`),
+            else `unknown`.
+        source_datasets / pretty_name / repo_id: card metadata (see `render_dataset_card`). Earlier mmsieve runs
+            whose output this run read are found from `stats.json` and shown too (`earlier_runs`).
 
     Raises:
         FileNotFoundError: `run_dir` has no `stats.json`.
@@ -81,7 +85,10 @@ def build_dataset_repo(
 
     run, repo = Path(run_dir), Path(repo_dir)
     stats = json.loads((run / "stats.json").read_text())
-    _describe_indexes(stats)
+    earlier = earlier_runs(stats)
+    for run_stats in (*earlier, stats):
+        _describe_indexes(run_stats)
+    license = license or stats.get("license") or source_license(str((earlier or [stats])[0].get("source") or ""))
     kept_files, removed_files = _parquet_files(run / "kept"), _parquet_files(run / "removed")
     kept_features, removed_features = _merged_features(kept_files), _merged_features(removed_files)
     if include_removed:
@@ -114,11 +121,12 @@ def build_dataset_repo(
         columns={name: _type_name(feature) for name, feature in (features or {}).items()},
         sample_rows=_sample_rows(kept_shards, features or {}),
         plots=plots,
-        license=license or stats.get("license"),
+        license=license,
         source_datasets=source_datasets,
         pretty_name=pretty_name,
         repo_id=repo_id,
         splits=splits,
+        earlier=earlier,
     )
     (repo / "README.md").write_text(card, encoding="utf-8")
     return repo
@@ -451,7 +459,10 @@ def _as_text(value: Any) -> str:
 
 def _sample_rows(shards: Sequence[Path], features: Mapping[str, Any]) -> list[dict[str, str]]:
     """The first kept rows' text columns, each cut to `SAMPLE_CHARS` characters."""
-    columns = [n for n, f in features.items() if _is_text(f) and n not in (REASON_COLUMN, DETAIL_COLUMN)]
+    # not the run's verdict columns, nor webdataset's `__key__` / `__url__` (local shard paths)
+    columns = [
+        n for n, f in features.items() if _is_text(f) and n not in (REASON_COLUMN, DETAIL_COLUMN) and n[:2] != "__"
+    ]
     if not shards or not columns:
         return []
     first = pq.ParquetFile(shards[0])
