@@ -3,13 +3,32 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def isolated_datasets_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test prepares datasets in its own cache. `datasets` 5.2 caches a local folder whose README has
+    `configs` by folder name and configs alone, so two tests loading different `repo/` folders (or a demo rerun)
+    would otherwise read each other's rows."""
+    import datasets.config
+
+    cache = tmp_path / "hf_datasets_cache"
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))  # spawned workers
+    for name, value in {
+        "HF_DATASETS_CACHE": cache,
+        "DOWNLOADED_DATASETS_PATH": cache / "downloads",
+        "EXTRACTED_DATASETS_PATH": cache / "downloads" / "extracted",
+    }.items():
+        monkeypatch.setattr(datasets.config, name, value)
 
 
 @pytest.fixture(scope="session")
@@ -35,10 +54,6 @@ def caption_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # -- loopback fake Hugging Face Hub (tests/loopback_hub.py) ------------------------------------------------------------
-
-from collections.abc import Iterator  # noqa: E402 - kept next to the fixtures that use it
-from typing import TYPE_CHECKING  # noqa: E402
-
 
 if TYPE_CHECKING:
     from loopback_hub import LoopbackHub
@@ -67,7 +82,7 @@ def hub(loopback_hub: LoopbackHub, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     import huggingface_hub.constants as hf_constants
     from huggingface_hub import HfFileSystem
 
-    url, home, ds_cache = loopback_hub.url, tmp_path / "hf_home", tmp_path / "hf_datasets_cache"
+    url, home = loopback_hub.url, tmp_path / "hf_home"  # the datasets cache: `isolated_datasets_cache`
     env = {
         "HF_ENDPOINT": url,
         "HF_HUB_DISABLE_XET": "1",
@@ -77,7 +92,6 @@ def hub(loopback_hub: LoopbackHub, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
         "HF_HUB_DISABLE_UPDATE_CHECK": "1",
         "HF_TOKEN": LOOPBACK_TOKEN,
         "HF_HOME": str(home),
-        "HF_DATASETS_CACHE": str(ds_cache),
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -108,10 +122,7 @@ def hub(loopback_hub: LoopbackHub, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
         "HF_HUB_OFFLINE": False,
         "HF_DATASETS_OFFLINE": False,
         "HF_CACHE_HOME": str(home),
-        "HF_DATASETS_CACHE": ds_cache,
         "HF_MODULES_CACHE": home / "modules",
-        "DOWNLOADED_DATASETS_PATH": ds_cache / "downloads",
-        "EXTRACTED_DATASETS_PATH": ds_cache / "downloads" / "extracted",
     }.items():
         monkeypatch.setattr(datasets.config, name, value)
     from huggingface_hub.utils._runtime import is_xet_available

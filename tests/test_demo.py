@@ -86,3 +86,21 @@ def test_demo_counts_and_outputs(tmp_path):
         else:
             assert row["original_text"] is None and row["rewrite_model"] is None
             assert row["unifilter_score"] >= 2.0 or row["rewrite_reason"].startswith(("adaptive:", "the model kept"))
+    # the last stage: complete Hub repo layouts (parquet + card + plots) that load back and whose card is readable
+    from huggingface_hub import DatasetCard
+
+    hub = report["hub"]
+    assert set(hub["folders"]) == {"shape-captions", "captions"} and "pushed" not in hub
+    for folder in map(Path, hub["folders"].values()):
+        card = (folder / "README.md").read_text()
+        assert DatasetCard(card).data.configs[0]["config_name"] == "default"
+        links = [line.split("](", 1)[1].split(")", 1)[0] for line in card.splitlines() if "](plots/" in line]
+        assert links and all((folder / link).read_bytes().startswith(b"\x89PNG") for link in links)
+        loaded = datasets.load_dataset(str(folder))
+        assert isinstance(loaded["train"].features["image"], datasets.Image)
+        assert "## Rows in, kept, removed" in card and "## Citation" in card and str(tmp_path) not in card
+    captions = (Path(hub["folders"]["captions"]) / "README.md").read_text()
+    assert "## Earlier runs" in captions and "`near_duplicate` 6" in captions  # the dedup run before decontamination
+    assert "| easy-vqa | 4 | 0 | 4 |" in captions
+    shapes = datasets.load_dataset(hub["folders"]["shape-captions"], split="train")
+    assert len(shapes) == rows and sum(shapes["rewritten"]) == rewrite["rewritten"]
