@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/score.py
 	$(BIN)/python bench/dedup.py
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/publish.py
 
 clean:
 	rm -rf demo_output bench_output .pytest_cache .ruff_cache

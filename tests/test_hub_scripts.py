@@ -163,6 +163,29 @@ def test_curate_captions_round_trip(hub: Any, caption_source: Path, checkpoint: 
     assert curate.main([*argv, "--overwrite"]) == 0
 
 
+def test_curate_captions_streams_a_hub_dataset(
+    hub: Any, caption_source: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    """Hub dataset -> hygiene -> score -> filter -> Hub, reading the source as a stream split across tasks."""
+    from huggingface_hub import DatasetCard
+
+    source = hub.new_repo_id("raw-captions")
+    datasets.load_dataset("parquet", data_dir=str(caption_source), split="train").push_to_hub(source, num_shards=2)
+    repo = hub.new_repo_id("streamed-captions")
+    argv = ["--input", source, "--streaming", "--tasks", "2", "--output", str(tmp_path / "out"), "--model"]
+    argv += [str(checkpoint), "--threshold=-1e9", "--push-to", repo]
+    assert recipe("curate_captions").main(argv) == 0
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["streaming"] and stats["tasks"] == 2 and stats["rows_in"] == 32
+    reference = run_steps(
+        str(caption_source), tmp_path / "ref", [HygieneFilter(), UniFilterScorer(str(checkpoint), batch_size=8)]
+    )
+    assert stats["removed_by_reason"] == reference["removed_by_reason"] and stats["kept"] == reference["kept"]
+    loaded = datasets.load_dataset(repo, split="train")
+    assert sorted(loaded["caption"]) == sorted(kept(tmp_path / "ref")["caption"])
+    assert DatasetCard.load(repo, repo_type="dataset").data.source_datasets == [source]
+
+
 def test_curate_interleaved_round_trip(hub: Any, checkpoint: Path, tmp_path: Path) -> None:
     from mmsieve.demo.corpus import build_interleaved
 
@@ -241,6 +264,12 @@ def test_train_classifier_publishes_a_checkpoint_that_scores_identically(
     files = hub.files(repo, "model")
     assert "README.md" in files and any(f.endswith(".safetensors") for f in files)
     assert not any(f.endswith(".bin") or "checkpoint-" in f for f in files)
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(repo)  # the pushed card parses, with model-index results of the test set
+    accuracy = next(r for r in card.data.eval_results if r.metric_type == "accuracy")
+    assert accuracy.metric_value == pytest.approx(report["test"]["accuracy"], abs=1e-3)
+    assert card.data.base_model is None  # a local init is no Hub model to name
     samples = [
         Sample.caption(str(i), ImageRef(data=photos[n]), f"A photo of a {n}.")
         for i, n in enumerate(sorted(photos)[:5])
