@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from mmsieve.hub.dataset_card import REASON_PLOT, render_dataset_card
 from mmsieve.hub.lineage import earlier_runs, source_license
+from mmsieve.hub.plots import reason_chart, score_histograms
 from mmsieve.sample import DETAIL_COLUMN, REASON_COLUMN
 
 
@@ -113,9 +114,9 @@ def build_dataset_repo(
             )
             splits[split]["files"] = len(written[split])
     kept_shards = written.get(KEPT_SPLIT, [])
-    plots = _plot_scores(kept_shards, features or {}, stats, repo / "plots")
+    plots = score_histograms(kept_shards, score_columns(features or {}, stats), repo / "plots")
     if stats.get("removed_by_reason"):
-        plots[REASON_PLOT] = _plot_reasons(stats["removed_by_reason"], repo / "plots" / f"{REASON_PLOT}.png")
+        plots[REASON_PLOT] = reason_chart(stats["removed_by_reason"], repo / "plots" / f"{REASON_PLOT}.png")
     card = render_dataset_card(
         stats,
         columns={name: _type_name(feature) for name, feature in (features or {}).items()},
@@ -349,75 +350,6 @@ def score_columns(features: Mapping[str, Any], stats: Mapping[str, Any]) -> list
         and name not in (REASON_COLUMN, DETAIL_COLUMN)
         and (name in named or SCORE_NAME.search(name))
     ]
-
-
-def _figure(height: float) -> Any:
-    """A bare Agg figure of fixed size and resolution (no pyplot state, same pixels on every run)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6.4, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save(figure: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=100, metadata={"Software": None})
-
-
-def _plot_scores(
-    shards: Sequence[Path], features: Mapping[str, Any], stats: Mapping[str, Any], folder: Path
-) -> dict[str, str]:
-    """A histogram per score column of the kept rows with values; returns column -> relative path."""
-    from matplotlib.ticker import MaxNLocator
-
-    columns = score_columns(features, stats)
-    if not shards or not columns:
-        return {}
-    table = pa.concat_tables([pq.read_table(shard, columns=columns) for shard in shards])
-    plots = {}
-    for column in columns:
-        values = np.array([v for v in table[column].to_pylist() if v is not None], dtype=np.float64)
-        values = values[np.isfinite(values)]
-        if not len(values):
-            continue
-        integral = bool(np.all(values == np.round(values))) and values.max() - values.min() <= 100
-        if integral:
-            bins = np.arange(values.min() - 0.5, values.max() + 1.5)
-        else:
-            bins = np.linspace(values.min(), values.max(), 31) if values.max() > values.min() else 1
-        figure = _figure(3.6)
-        axes = figure.subplots()
-        axes.hist(values, bins=bins, color="#4c72b0", edgecolor="white", rwidth=0.8 if integral else None)
-        if integral:
-            axes.set_xlim(values.min() - 1, values.max() + 1)
-            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.set_title(f"{column} (n={len(values)}, mean={values.mean():.3g}, median={np.median(values):.3g})")
-        axes.set_xlabel(column)
-        axes.set_ylabel("kept rows")
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", column)
-        _save(figure, folder / f"{name}.png")
-        plots[column] = f"plots/{name}.png"
-    return plots
-
-
-def _plot_reasons(removed_by_reason: Mapping[str, int], path: Path) -> str:
-    """A horizontal bar chart of removed rows by reason, the most frequent on top; returns its relative path."""
-    from matplotlib.ticker import MaxNLocator
-
-    reasons = sorted(removed_by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
-    figure = _figure(max(2.4, 0.4 * len(reasons) + 1.2))
-    axes = figure.subplots()
-    labels, counts = [r for r, _ in reasons][::-1], [c for _, c in reasons][::-1]
-    bars = axes.barh(labels, counts, height=0.6, color="#c44e52")
-    axes.bar_label(bars, padding=3)
-    axes.margins(x=0.12)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_xlabel("removed rows")
-    axes.set_title(f"Removed rows by reason (total {sum(counts)})")
-    _save(figure, path)
-    return f"plots/{path.name}"
 
 
 # -- card inputs -------------------------------------------------------------------------------------------------
