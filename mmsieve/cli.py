@@ -325,6 +325,10 @@ def _run_training_command(args: argparse.Namespace) -> int:
 def _run_dedup_command(args: argparse.Namespace) -> int:
     from mmsieve.dedup import commands
 
+    if args.command == "dedup" and args.push_to and len(args.input) > 1:
+        raise CliError(
+            "--push-to publishes one dataset: with several --input, publish each OUTPUT/NAME with mmsieve push-dataset"
+        )
     try:
         if args.command == "decontaminate":
             return _run(args, commands.decontamination_step(args))

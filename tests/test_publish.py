@@ -137,6 +137,15 @@ def test_scrub_removes_tokens() -> None:
     assert scrub("token=secret-value", "secret-value") == "token=***"
 
 
+def test_push_to_with_several_dedup_inputs_is_refused_before_running(
+    caption_source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["dedup", "-i", str(caption_source), "-i", str(caption_source), "-o", str(tmp_path / "out")]
+    assert main([*argv, "--embedder", "phash", "--push-to", "me/deduped"]) == 2
+    assert "publish each OUTPUT/NAME with mmsieve push-dataset" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_push_commands_refuse_bad_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["push-dataset", str(tmp_path), "--repo", "me/x"]) == 2
     assert "not an mmsieve run folder" in capsys.readouterr().err
