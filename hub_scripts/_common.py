@@ -7,7 +7,7 @@ Not a recipe itself. A recipe builds its steps, then:
         publish(args, stats)
 
 `run` is one code path for every executor: `build_pipeline` + `make_executor` + `.run()`, then `stats.json`
-(`mmsieve.executors.run_pipeline`). A Slurm submission returns at once, so `run` prints the command that
+(`mmsieve.runner.run_pipeline`). A Slurm submission returns at once, so `run` prints the command that
 writes `stats.json` and publishes once the jobs have finished: the same command line plus `--finalize`.
 """
 
@@ -16,15 +16,15 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from mmsieve.arguments import positive
-from mmsieve.executors import add_executor_arguments, collect_stats, executor_options, run_pipeline
+from mmsieve.executors import add_executor_arguments, executor_options, finalize_hint
 from mmsieve.readers import SampleReader
+from mmsieve.runner import run_pipeline
 
 
 EXIT_USAGE = 2
@@ -49,12 +49,6 @@ def build_parser(doc: str, script: str, kind: str = "auto") -> argparse.Argument
         "--streaming", action="store_true", help="stream the source: each task fetches only its own files"
     )
     group.add_argument("--overwrite", action="store_true", help="replace DIR if it already holds results")
-    group.add_argument("--resume", action="store_true", help="keep DIR and skip the tasks that already completed")
-    group.add_argument(
-        "--finalize",
-        action="store_true",
-        help="do not run: write stats.json from a finished run's task stats (e.g. after Slurm), then publish",
-    )
     group.add_argument("--verbose", action="store_true", help="print datatrove's task logs on the console")
     publish = parser.add_argument_group("publishing")
     publish.add_argument("--push-to", default=None, metavar="REPO_ID", help="publish the result as a Hub dataset")
@@ -82,33 +76,24 @@ def reader(args: argparse.Namespace) -> SampleReader:
 
 
 def run(args: argparse.Namespace, steps: Sequence[Any], argv: Sequence[str] | None, script: str) -> dict | None:
-    """Run `[reader, *steps, writer]` on `--executor` (or with `--finalize` only collect the stats).
+    """Run `[reader, *steps, writer]` on `--executor` (`--resume` after a kill; `--finalize` only collects stats).
 
     Returns the stats (also in `OUTPUT/stats.json`), or None when Slurm jobs were submitted: then the command
     that finishes the run is printed.
     """
-    source = reader(args)
     options = executor_options(args)
-    if args.finalize:
-        stats = collect_stats(source, args.output, steps, logging_dir=options["logging_dir"])
-    else:
-        job_name = Path(script).stem
-        stats = run_pipeline(
-            source,
-            args.output,
-            steps,
-            **options,
-            overwrite=args.overwrite,
-            resume=args.resume,
-            verbose=args.verbose,
-            job_name=job_name,
-        )
+    stats = run_pipeline(
+        reader(args),
+        args.output,
+        steps,
+        **options,
+        overwrite=args.overwrite,
+        verbose=args.verbose,
+        job_name=Path(script).stem,
+    )
     if stats is None:
         argv = list(sys.argv[1:] if argv is None else argv)
-        command = shlex.join(["python", _display_path(script), *argv, "--finalize"])
-        print(f"submitted {options['tasks']} Slurm tasks writing to {args.output}")
-        print(f"when the jobs have finished, write stats.json{' and publish' if args.push_to else ''} with:")
-        print(f"  {command}")
+        print(finalize_hint(["python", _display_path(script), *argv], args.output, options["tasks"]))
         return None
     print(f"rows in {stats['rows_in']}, kept {stats['kept']}, removed {stats['removed']}")
     for reason, count in stats["removed_by_reason"].items():
@@ -148,9 +133,9 @@ def guarded(main: Callable[..., int]) -> Callable[..., int]:
 
     @functools.wraps(main)
     def wrapper(argv: Sequence[str] | None = None) -> int:
-        from mmsieve.executors import RunNotFinishedError
         from mmsieve.hub.publish import PublishError
         from mmsieve.hub.sources import SourceError
+        from mmsieve.run_stats import RunNotFinishedError
         from mmsieve.schemas import SchemaError
 
         fixable = (SourceError, SchemaError, PublishError, RunNotFinishedError, OSError, ValueError, ImportError)

@@ -1,7 +1,8 @@
 """The `mmsieve` command.
 
     mmsieve filter --input SRC --output DIR [--kind auto|caption|interleaved|conversation]
-                   [--columns image=COL,text=COL] [--split NAME] [--limit N] [--tasks N] [--workers N]
+                   [--columns image=COL,text=COL] [--split NAME] [--limit N] [--streaming] [--tasks N] [--workers N]
+                   [--executor local|slurm|ray] [--gpus-per-task N] [--partition P --time T] [--resume]
     mmsieve score --model ID_OR_PATH --input SRC --output DIR [--threshold X | --keep-fraction F] [--scorer clip]
     mmsieve synth --output DIR [--source easyvqa|SRC] [--generator contrastive|teacher]
     mmsieve train --data DIR --init CHECKPOINT --output DIR
@@ -15,7 +16,8 @@
     mmsieve push-model DIR --repo ID [--private]
     mmsieve demo [--output DIR] [--push-to ID]
 
-Every processing command takes --push-to ID (publish the result with its card) and --private.
+Every processing command takes --push-to ID (publish the result with its card) and --private, and runs on
+--executor local (default), slurm or ray; --resume continues a killed run, --finalize completes a Slurm one.
 
 A bad argument or an unreadable input prints one line on stderr and exits with code 2.
 """
@@ -73,8 +75,6 @@ def _add_source_arguments(parser: argparse.ArgumentParser, multiple_inputs: bool
         action="store_true",
         help="stream the source (no full download first; each task fetches only its own files)",
     )
-    group.add_argument("--tasks", type=positive, default=1, metavar="N", help="datatrove tasks (shards); default 1")
-    group.add_argument("--workers", type=positive, default=1, metavar="N", help="parallel worker processes; default 1")
     group.add_argument("--overwrite", action="store_true", help="replace DIR if it already holds results")
     group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     from mmsieve.hub.commands import add_push_arguments
@@ -83,6 +83,9 @@ def _add_source_arguments(parser: argparse.ArgumentParser, multiple_inputs: bool
     group.add_argument(
         "--verbose", action="store_true", help="print datatrove's task logs (always kept in DIR/datatrove/logs/)"
     )
+    from mmsieve.executors import add_executor_arguments
+
+    add_executor_arguments(parser)
 
 
 def _add_hygiene_arguments(parser: argparse.ArgumentParser) -> None:
@@ -193,10 +196,21 @@ def _hygiene_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def _print_summary(stats: dict[str, Any]) -> None:
     print(
-        f"rows in {stats['rows_in']}, kept {stats['kept']}, removed {stats['removed']} ({stats['rows_per_second']} rows/s)"
+        f"rows in {stats['rows_in']}, kept {stats['kept']}, removed {stats['removed']} "
+        f"({stats['rows_per_second']} rows/s over {stats['tasks']} tasks)"
     )
     for reason, count in stats["removed_by_reason"].items():
         print(f"  {reason:<24} {count}")
+    steps = stats.get("steps") or []
+    if steps:
+        print(f"  {'step':<24} {'rows/s':>10} {'seconds':>9} {'removed':>8}")
+        for step in steps:
+            rate = step.get("rows_per_second")
+            seconds = step.get("seconds")
+            print(
+                f"  {step['step']:<24} {rate if rate is not None else '-':>10} "
+                f"{seconds if seconds is not None else '-':>9} {sum(step.get('removed', {}).values()):>8}"
+            )
     print(f"kept:    {stats['outputs']['kept']}\nremoved: {stats['outputs']['removed']}")
 
 
@@ -251,7 +265,8 @@ def _run_filter(args: argparse.Namespace) -> int:
 
 
 def source_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of `run_steps` (and `run_dedup`) given by the input-and-output options."""
+    """The keyword arguments of `run_steps` (and `run_dedup`) given by the input-and-output and execution options."""
+    from mmsieve.executors import executor_options
     from mmsieve.schemas import parse_columns
 
     return {
@@ -261,19 +276,33 @@ def source_options(args: argparse.Namespace) -> dict[str, Any]:
         "config": args.config,
         "limit": args.limit,
         "streaming": args.streaming,
-        "tasks": args.tasks,
-        "workers": args.workers,
         "progress": not args.no_progress and sys.stderr.isatty(),
         "overwrite": args.overwrite,
         "verbose": args.verbose,
+        **executor_options(args),
     }
 
 
 def _run(args: argparse.Namespace, *steps: Any) -> int:
     from mmsieve.runner import run_steps
 
-    stats = run_steps(args.input, args.output, list(steps), **source_options(args))
-    _print_summary(stats)
+    try:
+        stats = run_steps(args.input, args.output, list(steps), **source_options(args))
+    except ValueError as err:  # bad executor options, a keep-fraction filter on Slurm, ...
+        raise CliError(str(err)) from None
+    return _report(args, stats)
+
+
+def _report(args: argparse.Namespace, stats: dict[str, Any] | None) -> int:
+    """Print a finished run's summary and publish it (`--push-to`); after a Slurm submission, how to finish."""
+    if stats is None:
+        from mmsieve.executors import finalize_hint
+
+        print(finalize_hint(["mmsieve", *args.argv], args.output, args.tasks))
+        return 0
+    for name, part in ({"": stats} if "rows_in" in stats else stats).items():
+        print(f"{name}: " if name else "", end="")
+        _print_summary(part)
     print(f"stats:   {os.path.join(args.output, 'stats.json')}")
     _push(args, args.output)
     return 0
@@ -338,12 +367,7 @@ def _run_dedup_command(args: argparse.Namespace) -> int:
         stats = commands.run_dedup_command(args)
     except (ValueError, FileNotFoundError) as err:  # a bad embedder spec, index or benchmark list
         raise CliError(str(err)) from None
-    for name, part in ({"": stats} if "rows_in" in stats else stats).items():
-        print(f"{name}: " if name else "", end="")
-        _print_summary(part)
-    print(f"stats:   {os.path.join(args.output, 'stats.json')}")
-    _push(args, args.output)
-    return 0
+    return _report(args, stats)
 
 
 def _run_generating_command(args: argparse.Namespace) -> int:
@@ -376,6 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mmsieve.schemas import SchemaError
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # repeated with --finalize after a Slurm submission
     try:
         with _library_progress_bars(not getattr(args, "no_progress", False) and sys.stderr.isatty()):
             return _dispatch(args)

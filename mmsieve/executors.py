@@ -1,16 +1,14 @@
-"""Run an mmsieve pipeline on any datatrove executor: on this machine, on a Slurm cluster, or on Ray.
-
-`mmsieve.runner.run_steps` runs locally. For a bigger job, build the same pipeline with
-`mmsieve.runner.build_pipeline` and hand it to the executor of your cluster:
+"""The datatrove executors an mmsieve pipeline runs on: this machine, a Slurm cluster, or Ray.
 
 - `add_executor_arguments(parser)`: `--executor local|slurm|ray`, `--tasks`, `--workers`, `--gpus-per-task`,
-  `--partition`, `--time`, `--ray-address`, `--logging-dir` (and `--cpus-per-task`) on an argparse parser;
-- `make_executor(kind, pipeline, ...)`: datatrove's `LocalPipelineExecutor`, `SlurmPipelineExecutor` or
-  `RayPipelineExecutor` for the pipeline;
-- `run_pipeline(reader, output, steps, executor=...)`: both of the above, then `stats.json` as `run_steps` writes
-  it (local and Ray block until the run is done; a Slurm submission returns at once);
-- `collect_stats(reader, output, steps)`: `stats.json` from the task statistics datatrove saved, e.g. once the
-  Slurm jobs have finished.
+  `--cpus-per-task`, `--partition`, `--time`, `--ray-address`, `--logging-dir` on an argparse parser, read back
+  with `executor_options(args)`;
+- `make_executor(kind, pipeline, ...)`: datatrove's `LocalPipelineExecutor` (as `LocalExecutor`: each worker
+  exports its slot as `MMSIEVE_WORKER_SLOT`, so models load on that slot's GPU), `SlurmPipelineExecutor` or
+  `RayPipelineExecutor` (one GPU per task with `gpus_per_task`);
+- `run_executor(executor)`: `.run()` it (a quiet local executor keeps this process's console quiet too).
+
+`mmsieve.runner.run_steps` runs steps over a source on any of them and writes `stats.json`.
 
 Example:
     >>> from mmsieve.filters import HygieneFilter  # doctest: +SKIP
@@ -25,10 +23,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import shutil
-import time as _time
-from collections.abc import Sequence
+import io
+import os
+import shlex
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +37,7 @@ from mmsieve.arguments import non_negative, positive, positive_or_unlimited
 ExecutorKind = Literal["local", "slurm", "ray"]
 EXECUTORS: tuple[str, ...] = ("local", "slurm", "ray")
 RAY_INSTALL_HINT = 'the ray executor needs Ray: pip install "datatrove[ray]"'
+WORKER_SLOT_ENV = "MMSIEVE_WORKER_SLOT"  # a local worker's slot during a task: which GPU it uses
 
 
 def add_executor_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -83,13 +83,32 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
         metavar="DIR",
         help="datatrove's logs, per-task stats and completion markers (default: OUTPUT/datatrove)",
     )
+    group.add_argument(
+        "--resume",
+        action="store_true",
+        help="after a crash or kill: keep OUTPUT, skip the tasks that completed, redo the others",
+    )
+    group.add_argument(
+        "--finalize",
+        action="store_true",
+        help="run nothing: write stats.json of a finished run (after the Slurm jobs), then publish with --push-to",
+    )
     return group
 
 
 def executor_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of `make_executor` / `run_pipeline` given by `add_executor_arguments`' options."""
+    """The keyword arguments of `mmsieve.runner.run_steps` / `run_pipeline` given by `add_executor_arguments`.
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> _ = add_executor_arguments(parser)
+        >>> executor_options(parser.parse_args(["--tasks", "8", "--resume"]))["resume"]
+        True
+    """
     workers = args.workers if args.workers is not None else (1 if args.executor == "local" else -1)
     return {
+        "resume": args.resume,
+        "finalize": args.finalize,
         "executor": args.executor,
         "tasks": args.tasks,
         "workers": workers,
@@ -202,15 +221,7 @@ def make_executor(
     """
     check_executor(kind, tasks=tasks, partition=partition, time=time)
     if kind == "local":
-        from datatrove.executor import LocalPipelineExecutor
-
-        if verbose:
-            local_class: type = LocalPipelineExecutor
-        else:
-            from mmsieve.runner import _quiet_executor_class
-
-            local_class = _quiet_executor_class()
-        return local_class(
+        executor = _local_executor_class()(
             pipeline=pipeline,
             tasks=tasks,
             workers=tasks if workers == -1 else max(1, min(workers, tasks)),
@@ -218,6 +229,8 @@ def make_executor(
             depends=depends,
             skip_completed=skip_completed,
         )
+        executor.quiet = not verbose
+        return executor
     if kind == "slurm":
         from datatrove.executor import SlurmPipelineExecutor
 
@@ -276,201 +289,93 @@ def check_executor(
         _ray_executor_class()
 
 
-class RunNotFinishedError(RuntimeError):
-    """Some tasks of the run have not written their stats yet (still queued or running, or failed)."""
+def _local_executor_class() -> type:
+    from datatrove.executor import LocalPipelineExecutor
+
+    class LocalExecutor(LocalPipelineExecutor):
+        """datatrove's local executor; during a task, its worker's slot (0 .. workers-1) is in `WORKER_SLOT_ENV`,
+        so `mmsieve.models.devices.pick_device` puts one worker on each GPU, and its console log is silenced when
+        `quiet` (the task log files keep everything). Not `LOCAL_RANK`: transformers would take that for a
+        torch.distributed launch."""
+
+        quiet: bool = False
+
+        def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1) -> Any:
+            before = os.environ.get(WORKER_SLOT_ENV)
+            os.environ[WORKER_SLOT_ENV] = str(local_rank)
+            try:
+                with contextlib.redirect_stderr(_Discard()) if self.quiet else contextlib.nullcontext():
+                    return super()._run_for_rank(rank, local_rank, node_rank)
+            finally:
+                if before is None:
+                    os.environ.pop(WORKER_SLOT_ENV, None)
+                else:
+                    os.environ[WORKER_SLOT_ENV] = before
+
+    return LocalExecutor
 
 
-def _is_remote(path: str | Path) -> bool:
-    return isinstance(path, str) and "://" in path
+class _Discard(io.TextIOBase):
+    """A stderr stand-in that drops everything (never closed, so loguru handlers bound to it stay valid)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
 
 
-def _join(base: str | Path, name: str) -> str:
-    return f"{str(base).rstrip('/')}/{name}"
-
-
-def default_logging_dir(output: str | Path) -> str:
-    """Where datatrove's logs go unless told: `OUTPUT/datatrove`, as `run_steps` does.
-
-    Example:
-        >>> default_logging_dir("s3://bucket/out/")
-        's3://bucket/out/datatrove'
-    """
-    return _join(output, "datatrove")
-
-
-def _prepare(output: str | Path, logging_dir: str, overwrite: bool, resume: bool) -> None:
-    """Refuse (or, with `overwrite`, clear) earlier results; `resume` keeps them and skips completed tasks."""
-    from mmsieve.runner import OutputExistsError, prepare_output
-
-    if resume or _is_remote(output):
-        return
-    prepare_output(output, overwrite)
-    logs = Path(logging_dir)
-    if not _is_remote(logging_dir) and logs.is_dir() and any(logs.iterdir()):
-        if not overwrite:
-            raise OutputExistsError(f"{logs} holds an earlier run's logs; pass --overwrite (or --resume)")
-        shutil.rmtree(logs)
-
-
-def run_pipeline(
-    reader: Any,
-    output: str | Path,
-    steps: Sequence[Any],
-    *,
-    executor: ExecutorKind | str = "local",
-    tasks: int = 1,
-    workers: int = 1,
-    logging_dir: str | Path | None = None,
-    overwrite: bool = False,
-    resume: bool = False,
-    verbose: bool = False,
-    job_name: str = "mmsieve",
-    **resources: Any,
-) -> dict[str, Any] | None:
-    """Run `[reader, *steps, kept writer]` on an executor; return the stats (None for a Slurm submission).
-
-    The same code path for every executor: `build_pipeline` + `make_executor` + `.run()`. Local and Ray runs
-    block until every task is done, then `stats.json` is written exactly as `run_steps` writes it. A Slurm run
-    returns once the job array is submitted: call `collect_stats` when the jobs have finished.
-
-    Args:
-        reader: a `SampleReader` (its `limit`, `split`, `kind`... choose the rows).
-        output: receives `kept/`, `removed/` and `stats.json` (a shared folder for slurm and ray).
-        steps: mmsieve steps. A keep-fraction filter needs two passes: use `run_steps` for it.
-        executor / tasks / workers / logging_dir / resources: as `make_executor` (`resources`: `gpus_per_task`,
-            `cpus_per_task`, `partition`, `time`, `ray_address`).
-        overwrite: replace earlier results in `output`; resume: keep them and skip the tasks already completed.
-        verbose: local: print datatrove's task logs on the console.
+@contextlib.contextmanager
+def silent_console() -> Iterator[None]:
+    """Silence datatrove's console logging in this process; restore a plain stderr handler afterwards.
 
     Example:
-        >>> stats = run_pipeline(SampleReader("captions/"), "out", [HygieneFilter()], tasks=2, workers=2)  # doctest: +SKIP
-        >>> stats["rows_in"] == stats["kept"] + stats["removed"]  # doctest: +SKIP
-        True
+        >>> with silent_console():
+        ...     pass
     """
-    from mmsieve.runner import _silent_console, build_pipeline
+    from loguru import logger
 
-    if any(getattr(step, "needs_fit", False) for step in steps):
-        raise ValueError(
-            "a keep-fraction filter takes two passes: use a --threshold here, or mmsieve.runner.run_steps"
-        )
-    check_executor(executor, tasks=tasks, **resources)
-    logs = str(logging_dir) if logging_dir else default_logging_dir(output)
-    _prepare(output, logs, overwrite, resume)
-    pipeline = build_pipeline(reader, output, steps)
-    tasks = reader.task_count(tasks)
-    runner = make_executor(
-        executor,
-        pipeline,
-        tasks=tasks,
-        workers=workers,
-        logging_dir=logs,
-        job_name=job_name,
-        skip_completed=resume,
-        verbose=verbose,
-        **resources,
+    logger.remove()
+    try:
+        with contextlib.redirect_stderr(_Discard()):
+            yield
+    finally:
+        logger.remove()
+        logger.add(sys.stderr, level="WARNING")
+
+
+def finalize_hint(command: Sequence[str], output: str | Path, tasks: int) -> str:
+    """What to print after a Slurm submission: the same command with `--finalize`, to run when the jobs are done.
+
+    Example:
+        >>> print(finalize_hint(["mmsieve", "filter", "-i", "org/x", "-o", "out"], "out", 8))
+        submitted 8 Slurm tasks writing to out; when the jobs have finished, write stats.json with:
+          mmsieve filter -i org/x -o out --finalize
+    """
+    return (
+        f"submitted {tasks} Slurm tasks writing to {output}; when the jobs have finished, write stats.json with:\n"
+        f"  {shlex.join([*command, '--finalize'])}"
     )
-    started = _time.perf_counter()
-    with _silent_console() if executor == "local" and not verbose else contextlib.nullcontext():
-        runner.run()
-    if executor == "slurm":
-        return None
-    return collect_stats(reader, output, steps, tasks=tasks, logging_dir=logs, seconds=_time.perf_counter() - started)
 
 
-def _task_stats(logging_dir: str, tasks: int | None) -> tuple[Any, int, float]:
-    """datatrove's per-task stats merged, the number of tasks, and the longest task's time."""
-    from datatrove.io import get_datafolder
-    from datatrove.utils.stats import PipelineStats
-
-    folder = get_datafolder(logging_dir)
-    files = sorted(f for f in folder.list_files("stats") if f.endswith(".json")) if folder.isdir("stats") else []
-    if tasks is None:
-        tasks = _planned_tasks(folder) or len(files)
-    wanted = {f"stats/{rank:05d}.json" for rank in range(tasks)}
-    missing = sorted(wanted - set(files))
-    if not tasks or missing:
-        raise RunNotFinishedError(
-            f"{len(missing) or 'no'} of {tasks or '?'} tasks have not finished (no stats in {_join(logging_dir, 'stats')}): "
-            "wait for the jobs, or rerun the failed ones with --resume"
-        )
-    merged, longest = PipelineStats(), 0.0
-    for name in sorted(wanted):
-        with folder.open(name, "r") as f:
-            stats = _pipeline_stats(json.load(f))
-        longest = max(longest, stats.total_time)
-        merged += stats
-    return merged, tasks, longest
-
-
-def _pipeline_stats(data: list[dict[str, Any]]) -> Any:
-    """One task's saved `PipelineStats`, metrics included (datatrove's `from_json` leaves them as plain numbers)."""
-    from datatrove.utils.stats import MetricStatsDict, PipelineStats, Stats, TimingStats
-
-    steps = []
-    for entry in data:
-        step = Stats(entry["name"])
-        step.time_stats = TimingStats.from_dict(entry["time_stats"])
-        step.stats = MetricStatsDict.from_dict(entry["stats"])
-        steps.append(step)
-    return PipelineStats(steps)
-
-
-def _planned_tasks(folder: Any) -> int | None:
-    """The task count the executor recorded in `executor.json`."""
-    if not folder.isfile("executor.json"):
-        return None
-    with folder.open("executor.json", "r") as f:
-        return int(json.load(f).get("tasks") or 0) or None
-
-
-def collect_stats(
-    reader: Any,
-    output: str | Path,
-    steps: Sequence[Any],
-    *,
-    tasks: int | None = None,
-    logging_dir: str | Path | None = None,
-    seconds: float | None = None,
-) -> dict[str, Any]:
-    """Merge the task statistics datatrove saved in `logging_dir/stats/` into `output/stats.json`; return it.
-
-    The file is the one `run_steps` writes (rows in, kept, removed by reason, each step with its parameters,
-    throughput, versions), so `push_dataset` and the dataset card read it the same way. `reader` and `steps` are
-    the ones the pipeline was built with (or equal ones: steps are matched by name). `seconds` defaults to the
-    longest task's time (the wall time of a run whose tasks all ran at once).
-
-    Raises:
-        RunNotFinishedError: some tasks have not finished (their stats are missing).
-        RuntimeError: the row accounting does not add up.
+def run_executor(executor: Any) -> None:
+    """Run an executor from `make_executor`: local and Ray block until every task is done (a local executor made
+    with `verbose=False` keeps this process's console quiet too); Slurm returns once the jobs are submitted.
 
     Example:
-        >>> # after `sbatch` ran the pipeline that run_pipeline(..., executor="slurm") submitted:
-        >>> stats = collect_stats(SampleReader("org/captions"), "/shared/out", [HygieneFilter()])  # doctest: +SKIP
+        >>> run_executor(make_executor("local", pipeline, tasks=4, workers=2, logging_dir="out/logs"))  # doctest: +SKIP
     """
-    from datatrove.io import get_datafolder
-
-    from mmsieve.runner import run_stats
-
-    logs = str(logging_dir) if logging_dir else default_logging_dir(output)
-    pipeline_stats, tasks, longest = _task_stats(logs, tasks)
-    stats = run_stats(
-        reader, steps, pipeline_stats, output=output, tasks=tasks, seconds=seconds if seconds is not None else longest
-    )
-    with get_datafolder(str(output)).open("stats.json", "w") as f:
-        f.write(json.dumps(stats, indent=2) + "\n")
-    return stats
+    with silent_console() if getattr(executor, "quiet", False) else contextlib.nullcontext():
+        executor.run()
 
 
 __all__ = [
     "EXECUTORS",
     "RAY_INSTALL_HINT",
-    "RunNotFinishedError",
+    "WORKER_SLOT_ENV",
     "add_executor_arguments",
     "check_executor",
-    "collect_stats",
-    "default_logging_dir",
     "executor_options",
+    "finalize_hint",
     "make_executor",
     "parse_duration",
-    "run_pipeline",
+    "run_executor",
+    "silent_console",
 ]

@@ -1,94 +1,37 @@
-"""Run steps over a source with datatrove and write `kept/`, `removed/` and `stats.json`.
+"""Run steps over a source on any datatrove executor and write `kept/`, `removed/` and `stats.json`.
 
-This is what `mmsieve filter` (and later `score`, `dedup`, ...) runs: a plain datatrove pipeline,
+This is what `mmsieve filter` (and `score`, `dedup`, ...) runs: a plain datatrove pipeline,
 `[SampleReader, *steps, SampleWriter(kept)]`, where every filter step gets its own exclusion writer
-into `removed/`. The stats of all tasks are merged into one `stats.json`: rows in, kept, removed by
-reason, the steps with their parameters, and throughput. Rows in always equal kept + removed.
+into `removed/`. It runs on this machine, on Slurm or on Ray (`mmsieve.executors`), and can be resumed:
+a rerun with `resume=True` skips the tasks that completed and redoes the others, whose output files are
+named by task and replaced, so nothing is written twice. The stats of all tasks are merged into one
+`stats.json` (`mmsieve.run_stats`): rows in, kept, removed by reason, the steps with their parameters,
+and throughput. Rows in always equal kept + removed.
 
 Example:
     >>> from mmsieve.filters import HygieneFilter
     >>> stats = run_steps("captions/", "out/", [HygieneFilter(min_side=64)], tasks=2, workers=2)  # doctest: +SKIP
     >>> stats["rows_in"] == stats["kept"] + stats["removed"]  # doctest: +SKIP
     True
+    >>> run_steps("org/captions", "/shared/out", [HygieneFilter()], executor="slurm", tasks=64,
+    ...           partition="cpu", time="02:00:00")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import platform
 import re
 import shutil
-import sys
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from mmsieve.readers import SampleReader
+from mmsieve.run_stats import collect_stats, default_logging_dir, join_path
 from mmsieve.steps import SampleStep
 from mmsieve.writers import SampleWriter, output_features
-
-
-class _Discard(io.TextIOBase):
-    """A stderr stand-in that drops everything (never closed, so loguru handlers bound to it stay valid)."""
-
-    def write(self, text: str) -> int:
-        return len(text)
-
-
-@contextlib.contextmanager
-def _silent_console() -> Any:
-    """Silence datatrove's console logging in this process; restore a plain stderr handler afterwards."""
-    from loguru import logger
-
-    logger.remove()
-    try:
-        with contextlib.redirect_stderr(_Discard()):
-            yield
-    finally:
-        logger.remove()
-        logger.add(sys.stderr, level="WARNING")
-
-
-def _quiet_executor_class() -> type:
-    from datatrove.executor import LocalPipelineExecutor
-
-    class QuietLocalExecutor(LocalPipelineExecutor):
-        """datatrove's local executor with its per-task console log silenced (the task log files keep it all)."""
-
-        def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1) -> Any:
-            with contextlib.redirect_stderr(_Discard()):
-                return super()._run_for_rank(rank, local_rank, node_rank)
-
-    return QuietLocalExecutor
-
-
-def execute(
-    pipeline: list[Any], logging_dir: str | Path, *, tasks: int = 1, workers: int = 1, verbose: bool = False
-) -> Any:
-    """Run a datatrove pipeline with the local executor; its console log is silenced unless `verbose`.
-
-    Returns datatrove's merged `PipelineStats`. Finished tasks are not skipped: a rerun recomputes.
-
-    Example:
-        >>> execute([SampleReader("data.parquet"), NearDuplicateSignature("emb", "phash")], "logs", tasks=2)  # doctest: +SKIP
-    """
-    from datatrove.executor import LocalPipelineExecutor
-
-    executor_class = LocalPipelineExecutor if verbose else _quiet_executor_class()
-    executor = executor_class(
-        pipeline=pipeline,
-        tasks=tasks,
-        workers=max(1, min(workers, tasks)),
-        logging_dir=str(logging_dir),
-        skip_completed=False,
-    )
-    with contextlib.nullcontext() if verbose else _silent_console():
-        return executor.run()
 
 
 class OutputExistsError(FileExistsError):
@@ -118,23 +61,6 @@ def _slug(step: Any) -> str:
     return re.sub(r"[^a-z0-9]+", "_", type(step).__name__.lower()).strip("_")
 
 
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in ("mmsieve", "datatrove", "datasets", "huggingface_hub", "transformers", "torch", "pillow"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
-def _step_stats(pipeline_stats: Any, step: Any) -> dict[str, float]:
-    for stats in pipeline_stats.stats:
-        if stats.name == str(step):
-            return {name: metric.total for name, metric in stats.stats.items()}
-    return {}
-
-
 def build_pipeline(reader: SampleReader, output: str | Path, steps: Sequence[SampleStep]) -> list[Any]:
     """The datatrove pipeline `[reader, *steps, kept writer]`, each filter writing its drops to `removed/`.
 
@@ -155,80 +81,111 @@ def build_pipeline(reader: SampleReader, output: str | Path, steps: Sequence[Sam
     for position, step in enumerate(steps):
         if step.is_filter:
             step.exclusion_writer = SampleWriter(
-                _join(out, "removed"),
+                join_path(out, "removed"),
                 schema,
                 output_features(dataset.features, schema, step_features, with_reason=True),
                 with_reason=True,
                 output_filename=f"{position:02d}_{_slug(step)}_${{rank}}.parquet",
             )
-    kept = SampleWriter(_join(out, "kept"), schema, output_features(dataset.features, schema, step_features, False))
+    kept = SampleWriter(
+        join_path(out, "kept"), schema, output_features(dataset.features, schema, step_features, False)
+    )
     return [reader, *steps, kept]
 
 
-def _join(base: str | Path, name: str) -> str:
-    return f"{base.rstrip('/')}/{name}" if isinstance(base, str) else str(Path(base) / name)
+def _is_remote(path: str | Path) -> bool:
+    return isinstance(path, str) and "://" in path
 
 
-def run_stats(
+def _prepare(output: str | Path, logging_dir: str, overwrite: bool, resume: bool, work_dirs: Sequence[str]) -> None:
+    """Refuse (or, with `overwrite`, clear) earlier results; `resume` keeps them and skips completed tasks."""
+    if resume or _is_remote(output):
+        return
+    prepare_output(output, overwrite, work_dirs)
+    logs = Path(logging_dir)
+    if not _is_remote(logging_dir) and logs.is_dir() and any(logs.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(f"{logs} holds an earlier run's logs; pass --overwrite (or --resume)")
+        shutil.rmtree(logs)
+
+
+def run_pipeline(
     reader: SampleReader,
-    steps: Sequence[Any],
-    pipeline_stats: Any,
-    *,
     output: str | Path,
-    tasks: int,
-    seconds: float,
-) -> dict[str, Any]:
-    """The `stats.json` of a finished run from datatrove's merged `PipelineStats` of `[reader, *steps, writer]`.
+    steps: Sequence[SampleStep],
+    *,
+    executor: str = "local",
+    tasks: int = 1,
+    workers: int = 1,
+    logging_dir: str | Path | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    finalize: bool = False,
+    verbose: bool = False,
+    job_name: str = "mmsieve",
+    work_dirs: Sequence[str] = (),
+    depends: Any = None,
+    **resources: Any,
+) -> dict[str, Any] | None:
+    """Run `[reader, *steps, kept writer]` on an executor; return the stats (None for a Slurm submission).
 
-    Rows in, kept, removed by reason, each step with its parameters (and report, e.g. the per-benchmark
-    contamination table), throughput and library versions: what the CLI prints and the dataset card shows.
+    One code path for every executor: `build_pipeline` + `make_executor` + `.run()`, then `stats.json` merged from
+    every task's saved statistics (`collect_stats`), so a resumed run reports all its rows, not only the rerun
+    ones. A Slurm run returns once the job array is submitted: call `collect_stats` when the jobs have finished.
+
+    Args:
+        reader: a `SampleReader` (its `limit`, `split`, `kind`, `streaming`... choose the rows).
+        output: receives `kept/`, `removed/` and `stats.json` (a shared folder for slurm and ray).
+        steps: mmsieve steps. A keep-fraction filter needs two passes: use `run_steps` for it.
+        executor / tasks / workers / logging_dir / resources: as `mmsieve.executors.make_executor` (`resources`:
+            `gpus_per_task`, `cpus_per_task`, `partition`, `time`, `ray_address`). `logging_dir` defaults to
+            `OUTPUT/datatrove`.
+        overwrite: replace earlier results in `output`; resume: keep them and skip the tasks already completed.
+        finalize: run nothing, only write `stats.json` of a finished run (e.g. once the Slurm jobs are done).
+        verbose: local: print datatrove's task logs on the console (they always go to `logging_dir/logs/`).
+        work_dirs: sub-folders of `output` an earlier stage wrote (e.g. `dedup`): kept, and not "existing output".
+        depends: a Slurm executor whose jobs must succeed before these start (a multi-stage run).
 
     Raises:
-        RuntimeError: rows in != kept + removed (a step lost rows).
+        OutputExistsError: `output` holds results and neither `overwrite` nor `resume` is set.
+        ValueError: a keep-fraction step, or bad executor options.
 
     Example:
-        >>> stats = run_stats(reader, steps, executor.run(), output="out", tasks=4, seconds=12.5)  # doctest: +SKIP
+        >>> stats = run_pipeline(SampleReader("captions/"), "out", [HygieneFilter()], tasks=2, workers=2)  # doctest: +SKIP
         >>> stats["rows_in"] == stats["kept"] + stats["removed"]  # doctest: +SKIP
         True
     """
-    schema = reader.schema if reader.schema is not None else reader.open()[1]
-    removed: Counter[str] = Counter()
-    step_reports = []
-    for step in steps:
-        counts = _step_stats(pipeline_stats, step)
-        dropped = {k[len("dropped_") :]: int(v) for k, v in counts.items() if k.startswith("dropped_")}
-        removed.update(dropped)
-        parameters = step.parameters() if hasattr(step, "parameters") else {}
-        extra = step.report(counts) if hasattr(step, "report") else {}  # e.g. the per-benchmark contamination table
-        step_reports.append({"step": type(step).__name__, "parameters": parameters, "removed": dropped, **extra})
-    rows_in = int(_step_stats(pipeline_stats, reader).get("documents", 0))
-    kept_writer = pipeline_stats.stats[-1].stats  # the pipeline's last step is the kept writer
-    kept = int(kept_writer["total"].total) if "total" in kept_writer else 0
-    stats = {
-        "source": reader.source,
-        "split": reader.split,
-        "config": reader.config,
-        **({"streaming": True} if reader.streaming else {}),
-        "kind": schema.kind,
-        "format": schema.format,
-        "columns": dict(schema.columns),
-        "rows_in": rows_in,
-        "kept": kept,
-        "removed": sum(removed.values()),
-        "removed_by_reason": dict(sorted(removed.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "steps": step_reports,
-        "tasks": tasks,
-        "seconds": round(seconds, 3),
-        "rows_per_second": round(rows_in / seconds, 2) if seconds > 0 else None,
-        "versions": _versions(),
-        "outputs": {"kept": _join(output, "kept"), "removed": _join(output, "removed")},
-    }
-    for report in step_reports:
-        if "contamination" in report:  # the dataset card's per-benchmark table
-            stats["contamination"] = report["contamination"]
-    if rows_in != kept + stats["removed"]:
-        raise RuntimeError(f"row accounting broke: {rows_in} in != {kept} kept + {stats['removed']} removed")
-    return stats
+    from mmsieve.executors import check_executor, make_executor, run_executor
+
+    if any(getattr(step, "needs_fit", False) for step in steps):
+        raise ValueError(
+            "a keep-fraction filter takes two passes: use a --threshold here, or mmsieve.runner.run_steps"
+        )
+    check_executor(executor, tasks=tasks, **resources)
+    logs = str(logging_dir) if logging_dir else default_logging_dir(output)
+    if finalize:
+        return collect_stats(reader, output, steps, logging_dir=logs)
+    _prepare(output, logs, overwrite, resume, work_dirs)
+    pipeline = build_pipeline(reader, output, steps)
+    tasks = reader.task_count(tasks)
+    started = time.perf_counter()
+    run_executor(
+        make_executor(
+            executor,
+            pipeline,
+            tasks=tasks,
+            workers=workers,
+            logging_dir=logs,
+            job_name=job_name,
+            skip_completed=resume,
+            verbose=verbose,
+            depends=depends,
+            **resources,
+        )
+    )
+    if executor == "slurm":
+        return None
+    return collect_stats(reader, output, steps, tasks=tasks, logging_dir=logs, seconds=time.perf_counter() - started)
 
 
 def _run_two_passes(source: str, out: Path, steps: Sequence[SampleStep], **options: Any) -> dict[str, Any]:
@@ -239,6 +196,10 @@ def _run_two_passes(source: str, out: Path, steps: Sequence[SampleStep], **optio
     *before, last = steps
     if any(getattr(step, "needs_fit", False) for step in before) or getattr(last, "scorer", None) is None:
         raise ValueError("a keep-fraction filter must be the last step and wrap its scorer")
+    if options.get("executor", "local") == "slurm" or options.get("finalize"):
+        raise ValueError(
+            "a keep-fraction filter takes two passes, which a Slurm submission cannot wait for: use a --threshold"
+        )
     first = run_steps(source, out / "pass1", [*before, last.scorer], **options)
     scored = datasets.load_dataset("parquet", data_dir=str(out / "pass1" / "kept"), split="train")
     last.fit(scored[last.column])
@@ -286,30 +247,38 @@ def run_steps(
     workers: int = 1,
     progress: bool = False,
     overwrite: bool = False,
+    resume: bool = False,
+    finalize: bool = False,
     verbose: bool = False,
     work_dirs: Sequence[str] = (),
-) -> dict[str, Any]:
+    **executor_options: Any,
+) -> dict[str, Any] | None:
     """Run `steps` over `source` and write the results to `output`; return the merged stats.
 
     Args:
-        source: a Hub dataset id, local parquet/jsonl shards or a `save_to_disk` folder.
+        source: a Hub dataset id, `hf://` files, local parquet/jsonl/webdataset shards or a `save_to_disk` folder.
         output: folder that receives `kept/`, `removed/`, `stats.json` and datatrove's `datatrove/` logs.
         steps: mmsieve steps (filters drop into `removed/`, scorers only add columns).
         kind / columns: schema detection hints (see `mmsieve.schemas.detect_schema`).
         split / config: which part of the source to read.
         limit: read only the first `limit` rows.
         streaming: stream the source instead of downloading and preparing it first (see `SampleReader`).
-        tasks / workers: datatrove tasks (shards) and parallel worker processes.
-        progress: show a progress bar per task.
+        tasks / workers: datatrove tasks (shards) and tasks running at once.
+        progress: show a progress bar per task (rows/s and ETA).
         overwrite: replace an existing output folder instead of refusing.
+        resume: keep an existing output folder and skip the tasks that completed (after a crash or a kill).
+        finalize: run nothing, only write `stats.json` of a finished run (e.g. once the Slurm jobs are done).
         verbose: print datatrove's task logs on the console (they always go to `output/datatrove/logs/`).
         work_dirs: sub-folders of `output` an earlier stage wrote (e.g. `dedup`): kept, and not "existing output".
+        executor_options: `executor` (`local`, `slurm`, `ray`) and its resources, as `run_pipeline`.
+
+    Returns:
+        the stats, or None when Slurm jobs were submitted (`mmsieve.run_stats.collect_stats` once they finish).
 
     Raises:
         mmsieve.hub.SourceError / mmsieve.schemas.SchemaError: the source cannot be read.
-        OutputExistsError: `output` holds results and `overwrite` is False.
+        OutputExistsError: `output` holds results and neither `overwrite` nor `resume` is set.
     """
-    out = prepare_output(output, overwrite, work_dirs)
     options = {
         "split": split,
         "config": config,
@@ -317,8 +286,12 @@ def run_steps(
         "workers": workers,
         "progress": progress,
         "verbose": verbose,
+        "resume": resume,
+        "finalize": finalize,
+        **executor_options,
     }
     if any(getattr(step, "needs_fit", False) for step in steps):
+        out = Path(output) if resume or finalize else prepare_output(output, overwrite, work_dirs)
         return _run_two_passes(
             source, out, steps, kind=kind, columns=columns, limit=limit, streaming=streaming, **options
         )
@@ -332,11 +305,16 @@ def run_steps(
         progress=progress,
         streaming=streaming,
     )
-    pipeline = build_pipeline(reader, out, steps)
-    tasks = reader.task_count(tasks)
-    started = time.perf_counter()
-    # task logs, per-task stats, completion markers go to datatrove/
-    pipeline_stats = execute(pipeline, out / "datatrove", tasks=tasks, workers=workers, verbose=verbose)
-    stats = run_stats(reader, steps, pipeline_stats, output=out, tasks=tasks, seconds=time.perf_counter() - started)
-    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    return stats
+    return run_pipeline(
+        reader,
+        output,
+        steps,
+        tasks=tasks,
+        workers=workers,
+        overwrite=overwrite,
+        resume=resume,
+        finalize=finalize,
+        verbose=verbose,
+        work_dirs=work_dirs,
+        **executor_options,
+    )

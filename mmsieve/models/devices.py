@@ -1,6 +1,6 @@
 """Where a model runs: device, dtype and attention kernel, chosen once when the model loads.
 
-GPU-first: one process per GPU (the worker's `LOCAL_RANK` picks it), bfloat16 and flash attention when installed,
+GPU-first: one process per GPU (the worker's slot or `LOCAL_RANK` picks it), bfloat16 and flash attention when installed,
 SDPA otherwise. On a machine without CUDA everything runs in float32 on the CPU with SDPA.
 
 Example:
@@ -20,8 +20,9 @@ import torch
 def pick_device(rank: int | None = None) -> torch.device:
     """The device this process should use: `cuda:{rank % n_gpus}` when CUDA is available, else the CPU.
 
-    `rank` defaults to the `LOCAL_RANK` environment variable (set by torchrun and datatrove's local executor
-    with GPUs), else 0, so that several workers on one machine spread over its GPUs.
+    `rank` defaults to the local worker's slot (`MMSIEVE_WORKER_SLOT`, set by `mmsieve.executors`' local executor
+    during a task), else `LOCAL_RANK` (torchrun), else 0, so that several workers on one machine spread over its
+    GPUs. Slurm and Ray give each task its own GPU (`gpus_per_task`) through `CUDA_VISIBLE_DEVICES`: slot 0.
 
     Example:
         >>> pick_device(rank=3)  # on a 2-GPU machine: device(type='cuda', index=1); without CUDA: cpu
@@ -30,7 +31,7 @@ def pick_device(rank: int | None = None) -> torch.device:
     if not torch.cuda.is_available():
         return torch.device("cpu")
     if rank is None:
-        rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        rank = int(os.environ.get("MMSIEVE_WORKER_SLOT") or os.environ.get("LOCAL_RANK") or 0)
     return torch.device("cuda", rank % torch.cuda.device_count())
 
 
