@@ -16,7 +16,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,train,dedup]"
+	$(BIN)/pip install --quiet -e ".[dev,train,dedup,ray]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -18,7 +18,7 @@ the same command with `--finalize` (the first command prints it) writes stats.js
         --model weizhiwang/UniFilter-Qwen2.5-1.5B --threshold 2.0 --push-to me/flickr30k-curated \\
         --executor slurm --partition gpu --time 04:00:00 --tasks 64 --gpus-per-task 1
 
-On Ray (`pip install "datatrove[ray]"`): `--executor ray --ray-address auto --tasks 64 --gpus-per-task 1`.
+On Ray (`pip install "mmsieve[ray]"`): `--executor ray --ray-address auto --tasks 64 --gpus-per-task 1`.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from mmsieve.arguments import non_negative, positive, positive_or_unlimited
 
 ExecutorKind = Literal["local", "slurm", "ray"]
 EXECUTORS: tuple[str, ...] = ("local", "slurm", "ray")
-RAY_INSTALL_HINT = 'the ray executor needs Ray: pip install "datatrove[ray]"'
+RAY_INSTALL_HINT = 'the ray executor needs Ray: pip install "mmsieve[ray]"'
 WORKER_SLOT_ENV = "MMSIEVE_WORKER_SLOT"  # a local worker's slot during a task: which GPU it uses
 
 
@@ -152,10 +152,35 @@ def _ray_executor_class() -> type:
         import ray  # noqa: F401
     except ImportError:
         raise ImportError(RAY_INSTALL_HINT) from None
+    import datatrove.executor.ray as datatrove_ray
     from datatrove.executor import RayPipelineExecutor
 
+    class InProcessRankWorker(datatrove_ray.RankWorker):
+        """datatrove's Ray actor, running its ranks in the actor's own process instead of a forked pool.
+
+        Forking a Ray worker (it has gRPC and core-worker threads) and then running torch in the child hung
+        here in about one run in three (the task had completed, its result never came back). A task is one rank
+        by default, so nothing ran in parallel in that pool anyway: several ranks now run one after the other.
+        """
+
+        def run_for_rank(self, executor_ref: Any, ranks: list[int], node_ips: list[str], node_idx: int) -> Any:
+            import random
+            import time
+
+            from datatrove.utils.stats import PipelineStats
+
+            os.environ["RAY_NODELIST"] = ",".join(node_ips)
+            os.environ["RAY_NODEID"] = str(node_idx)
+            node_rank = -1 if executor_ref.nodes_per_task == 1 else node_idx
+            first = 0 if executor_ref.log_first else 1
+            for rank_id, rank in enumerate(ranks, start=first):
+                time.sleep(random.randint(0, executor_ref.randomize_start_duration))
+                executor_ref._run_for_rank(rank, rank_id, node_rank=node_rank)
+            return PipelineStats()
+
     class MmsieveRayExecutor(RayPipelineExecutor):
-        """datatrove's Ray executor that connects to `ray_address` (or `RAY_ADDRESS`, or a local Ray) first."""
+        """datatrove's Ray executor that connects to `ray_address` (or `RAY_ADDRESS`, or a local Ray) first, and
+        runs each task in its actor's process (`InProcessRankWorker`)."""
 
         ray_address: str | None = None
 
@@ -164,7 +189,11 @@ def _ray_executor_class() -> type:
 
             if not ray.is_initialized():
                 ray.init(address=self.ray_address, ignore_reinit_error=True)
-            return super().run()
+            datatrove_ray.RankWorker, original = InProcessRankWorker, datatrove_ray.RankWorker  # what submit_task uses
+            try:
+                return super().run()
+            finally:
+                datatrove_ray.RankWorker = original
 
     return MmsieveRayExecutor
 
@@ -190,7 +219,7 @@ def make_executor(
 
     Args:
         kind: `local` (a process pool here), `slurm` (an sbatch job array, submitted by `.run()`) or `ray` (tasks on
-            the Ray cluster at `ray_address`; needs `pip install "datatrove[ray]"`).
+            the Ray cluster at `ray_address`; needs `pip install "mmsieve[ray]"`).
         pipeline: the step list, e.g. from `mmsieve.runner.build_pipeline`.
         tasks: datatrove tasks: each reads one contiguous shard of the rows.
         workers: tasks running at once; -1 for no limit (local: capped at `tasks`).
