@@ -113,7 +113,7 @@ class SampleStep:
         in a background thread while the current one is computed (the decoder never starves the model)."""
         if type(self).prepare is SampleStep.prepare:
             for samples in batches:
-                yield samples, self.process(samples)
+                yield samples, self._timed_process(samples)
             return
 
         def prepare_valid(samples: list[Sample]) -> Any:
@@ -122,7 +122,13 @@ class SampleStep:
 
         with DecodePool(workers=1) as pool:
             for samples, prepared in pool.prefetch(batches, prepare_valid, depth=1):
-                yield samples, self.process(samples, prepared)
+                yield samples, self._timed_process(samples, prepared)
+
+    def _timed_process(self, samples: list[Sample], prepared: Any = None) -> Columns:
+        """`process`, its time added to the datatrove step's time stats (the step's rows/s in `stats.json`)."""
+        track_time = getattr(self, "track_time", None)  # a datatrove step; plain `SampleStep`s have none
+        with track_time("batch") if track_time is not None else contextlib.nullcontext():
+            return self.process(samples, prepared)
 
     # -- the Dataset.map surface ------------------------------------------------------------------
     def map_batch(
