@@ -13,6 +13,7 @@ import fnmatch
 import hashlib
 import itertools
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -256,13 +257,24 @@ class HubStore:
         return "regular"
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A client that went away mid-request (killed, timed out) is not an error worth a traceback."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class LoopbackHub:
     """A fake Hub on `http://127.0.0.1:<random port>`; use as a context manager (starts/stops the server).
 
     Attributes:
         url: base URL to use as `HF_ENDPOINT`.
-        requests: `(method, path)` of every request received (path without query string).
+        requests: `(method, path)` of every request received (path without query string), and
+            `("STORED", "/_lfs/<oid>")` once an LFS upload is stored (`"DISCARDED"`: its client left first).
         tokens_seen: bearer tokens received in `Authorization` headers.
+        upload_delay: seconds each LFS upload takes, uploads served one at a time, and an upload whose client has
+            gone by then is discarded, as a broken transfer (to interrupt a publish midway).
     """
 
     def __init__(self, storage: Path, user: str = "tester") -> None:
@@ -270,6 +282,8 @@ class LoopbackHub:
         self.user = user
         self.requests: list[tuple[str, str]] = []
         self.tokens_seen: set[str] = set()
+        self.upload_delay = 0.0  # seconds each LFS upload takes; uploads then finish one at a time (a slow link)
+        self.upload_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -279,7 +293,7 @@ class LoopbackHub:
         from loopback_hub_routes import HubRequestHandler  # imported here: the routes module imports this one
 
         handler = type("BoundHubRequestHandler", (HubRequestHandler,), {"hub": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = _QuietServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="loopback-hub", daemon=True)

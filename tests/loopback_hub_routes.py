@@ -15,7 +15,10 @@ import fnmatch
 import hashlib
 import json
 import re
+import select
+import socket
 import sys
+import time
 import traceback
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
@@ -143,6 +146,14 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         if write and not self.token:
             raise HubError(401, "You must be authenticated to write to this repository")
         return repo
+
+    def _client_gone(self) -> bool:
+        """Whether the client closed its end of the connection (killed, or gave up) while its request was served."""
+        readable, _, _ = select.select([self.connection], [], [], 0)
+        try:
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def _require_token(self) -> None:
         if not self.token:
@@ -399,7 +410,14 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         if method == "PUT" and len(s) == 1:
             if hashlib.sha256(self.body).hexdigest() != oid:
                 raise HubError(400, f"sha256 of the uploaded content does not match {oid}")
-            store.put_blob(self.body)
+            with self.hub.upload_lock:  # a slow link: one upload at a time, each taking `upload_delay`
+                time.sleep(self.hub.upload_delay)
+                if self.hub.upload_delay and self._client_gone():  # the transfer broke off: nothing is stored
+                    self.hub.record("DISCARDED", f"/_lfs/{oid}", None)
+                    self.close_connection = True
+                    return None
+                store.put_blob(self.body)
+                self.hub.record("STORED", f"/_lfs/{oid}", None)
             return self._send(200)
         if method == "POST" and s[1:] == ["verify"]:
             if not store.has_blob(oid, int(self._json()["size"])):

@@ -44,6 +44,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--pretty-name", default=None, help="the card's title")
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--replace", action="store_true", help="also delete repo files mmsieve did not publish")
+    p.add_argument("--max-shard-mb", type=float, default=256.0, help="largest parquet file in MiB (default 256)")
     m = sub.add_parser(
         "push-model",
         help="publish a checkpoint folder (safetensors + model card) as a Hub model",
@@ -78,6 +79,7 @@ def run_push(args: argparse.Namespace) -> dict[str, Any]:
         source_datasets=args.source,
         pretty_name=args.pretty_name,
         replace=args.replace,
+        max_shard_bytes=int(args.max_shard_mb * 2**20),
     )
 
 

@@ -141,8 +141,13 @@ def push_dataset(
     source_datasets: list[str] | None = None,
     pretty_name: str | None = None,
     replace: bool = False,
+    max_shard_bytes: int = 256 * 2**20,
 ) -> dict[str, Any]:
     """Publish a run folder (`kept/`, `removed/`, `stats.json`) as a Hub dataset with its card and plots.
+
+    An interrupted publish leaves no commit behind; publishing again uploads only the shards the Hub does not
+    have yet (git-LFS answers for each object whether it is stored), then makes the one commit.
+    `max_shard_bytes` bounds each parquet file (see `build_dataset_repo`).
 
     Example:
         >>> push_dataset("curated/", "me/curated-captions", private=True)  # doctest: +SKIP
@@ -158,6 +163,7 @@ def push_dataset(
             source_datasets=source_datasets,
             pretty_name=pretty_name,
             repo_id=repo_id,
+            max_shard_bytes=max_shard_bytes,
         )
         return push_folder(
             repo_dir,
