@@ -31,6 +31,17 @@ def isolated_datasets_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.setattr(datasets.config, name, value)
 
 
+@pytest.fixture
+def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`sbatch`, `srun` and `scontrol` stand-ins first on PATH (tests/fake_slurm.py); returns their log file."""
+    import fake_slurm
+
+    env, log = fake_slurm.install(tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return log
+
+
 @pytest.fixture(scope="session")
 def photos() -> dict[str, bytes]:
     from mmsieve.demo.corpus import demo_photos
@@ -130,5 +141,7 @@ def hub(loopback_hub: LoopbackHub, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert not is_xet_available(), "Xet must be off: the loopback Hub only speaks git-LFS"
     HfFileSystem.clear_instance_cache()  # fsspec caches instances (and their listings) across tests
     loopback_hub.reset_log()
+    loopback_hub.upload_delay = 0.0
     yield loopback_hub
+    loopback_hub.upload_delay = 0.0
     HfFileSystem.clear_instance_cache()

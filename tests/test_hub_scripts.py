@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
-import stat
 import statistics
 import sys
 from pathlib import Path
@@ -280,38 +278,6 @@ def test_train_classifier_publishes_a_checkpoint_that_scores_identically(
 
 
 # --- the Slurm path, run for real with stand-ins for the Slurm commands --------------------------------------------
-
-
-FAKE_SBATCH = """#!/bin/bash
-# runs every task of the job array here, one after the other; like sbatch, never fails because a job failed
-script="${@: -1}"
-last=$(sed -n 's/^#SBATCH --array=0-\\([0-9]*\\).*/\\1/p' "$script")
-for task in $(seq 0 "${last:-0}"); do
-  SLURM_ARRAY_TASK_ID=$task SLURM_NODELIST=localhost bash "$script" >> "$FAKE_SLURM_LOG" 2>&1 || echo "task $task failed" >> "$FAKE_SLURM_LOG"
-done
-echo "Submitted batch job 4242"
-"""
-FAKE_SRUN = """#!/bin/bash
-while [[ "$1" == -* ]]; do if [[ "$1" == "-n" ]]; then shift; fi; shift; done
-exec "$@"
-"""
-FAKE_SCONTROL = """#!/bin/bash
-echo localhost
-"""
-
-
-@pytest.fixture
-def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    bin_dir = tmp_path / "slurm-bin"
-    bin_dir.mkdir()
-    for name, text in (("sbatch", FAKE_SBATCH), ("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod((bin_dir / name).stat().st_mode | stat.S_IEXEC)
-    log = tmp_path / "slurm.log"
-    # launch_pickled_pipeline and merge_stats are datatrove's console scripts, next to this python
-    monkeypatch.setenv("PATH", os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]]))
-    monkeypatch.setenv("FAKE_SLURM_LOG", str(log))
-    return log
 
 
 def test_slurm_run_then_finalize_publishes(
