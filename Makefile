@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/dedup.py
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/publish.py
+	$(BIN)/python bench/memory.py
 
 clean:
 	rm -rf demo_output bench_output .pytest_cache .ruff_cache

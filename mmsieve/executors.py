@@ -75,6 +75,12 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
         help="slurm: the job's time limit (required with --executor slurm); ray: a per-task time limit",
     )
     group.add_argument(
+        "--env-command",
+        default=None,
+        metavar="CMD",
+        help="slurm: shell command each job runs first (default: this Python's bin/ first on PATH)",
+    )
+    group.add_argument(
         "--ray-address", default=None, metavar="ADDR", help="ray: cluster address (default: RAY_ADDRESS)"
     )
     group.add_argument(
@@ -117,6 +123,7 @@ def executor_options(args: argparse.Namespace) -> dict[str, Any]:
         "partition": args.partition,
         "time": args.time,
         "ray_address": args.ray_address,
+        "env_command": args.env_command,
         "logging_dir": args.logging_dir,
     }
 
@@ -214,6 +221,7 @@ def make_executor(
     cpus_per_task: int = 1,
     skip_completed: bool = True,
     verbose: bool = True,
+    env_command: str | None = None,
 ) -> Any:
     """A datatrove executor of `kind` for `pipeline` (nothing runs until its `.run()`).
 
@@ -232,6 +240,8 @@ def make_executor(
         depends: an executor of the same kind to run first (slurm: a job dependency).
         skip_completed: skip tasks that a previous run in `logging_dir` completed (resume).
         verbose: local only: False silences the per-task console logs (the log files keep everything).
+        env_command: slurm: the shell command each job runs first (e.g. `module load cuda; source venv/bin/activate`);
+            default: put this Python's `bin/` first on `PATH`, so the jobs run the mmsieve that submitted them.
 
     A Slurm executor's `.run()` pickles the pipeline to `logging_dir/executor.pik`, writes the job array's script
     to `logging_dir/launch_script.slurm`, submits it with `sbatch` (plus a `merge_stats` job) and returns. To see
@@ -275,6 +285,7 @@ def make_executor(
             logging_dir=str(logging_dir),
             depends=depends,
             skip_completed=skip_completed,
+            env_command=env_command or f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH",
         )
     if kind == "ray":
         executor = _ray_executor_class()(

@@ -286,3 +286,39 @@ def test_ray_executor_gives_the_local_executors_rows(
             assert rows(tmp_path / "ray" / stage / split, *columns) == local and local
     images = [rows(tmp_path / name / "deduped" / "kept", "caption", "image") for name in ("local", "ray")]
     assert images[0] == images[1]  # the same image bytes, row for row
+
+
+# --- a real single-node Slurm (Debian's slurm-wlm, started here) --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    import slurm_cluster as slurm
+
+    reason = slurm.unavailable()
+    if reason:
+        pytest.skip(reason)
+    cluster = slurm.SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_real_slurm_runs_the_chained_dedup_stages(
+    slurm_cluster: Any, photos: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in slurm_cluster.env.items():
+        monkeypatch.setenv(name, value)
+    source = captions(photos, tmp_path / "src", rows=40, copies=6)
+    argv = ["dedup", "-i", str(source), "-o", str(tmp_path / "out"), "--embedder", "phash", "--executor", "slurm"]
+    argv += ["--partition", "cpu", "--time", "00:10:00", "--tasks", "2"]
+    assert main(argv) == 0  # sbatch: embed (2 tasks) -> cluster (1) -> filter (2), each after the one before
+    slurm_cluster.wait_idle(timeout=240)
+    logs = "\n".join(p.read_text()[-800:] for p in sorted((tmp_path / "out").rglob("slurm_logs/*.out")))
+    assert main([*argv, "--finalize"]) == 0, logs
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    reference = run_dedup([str(source)], tmp_path / "local", "phash", tasks=2)
+    assert stats["removed_by_reason"] == reference["removed_by_reason"] and stats["dedup"]["duplicates"] >= 5
+    assert rows(tmp_path / "out" / "kept", "caption") == rows(tmp_path / "local" / "kept", "caption")

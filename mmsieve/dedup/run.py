@@ -84,6 +84,7 @@ def run_dedup(
     partition: str | None = None,
     time: str | None = None,
     ray_address: str | None = None,
+    env_command: str | None = None,
     logging_dir: str | Path | None = None,
     **search_options: Any,
 ) -> dict[str, Any] | None:
@@ -106,7 +107,7 @@ def run_dedup(
         overwrite: replace an existing output folder; resume: keep it and skip every completed task and stage.
         finalize: run nothing; write the stats of a finished run (after the Slurm jobs).
         verbose / progress: datatrove's console log; progress bars.
-        executor / gpus_per_task / cpus_per_task / partition / time / ray_address: where to run
+        executor / gpus_per_task / cpus_per_task / partition / time / ray_address / env_command: where to run
             (`mmsieve.executors.make_executor`).
         logging_dir: where the stages' datatrove logs go (`embed-<dataset>/`, `clusters/`, `filter-<dataset>/`);
             default `OUTPUT/dedup/logs/` for stages 1-2 and each target's `datatrove/` for stage 3.
@@ -124,6 +125,7 @@ def run_dedup(
         "partition": partition,
         "time": time,
         "ray_address": ray_address,
+        "env_command": env_command,
     }
     check_executor(executor, tasks=tasks, **resources)
     out = Path(output) if resume or finalize else prepare_output(output, overwrite)
