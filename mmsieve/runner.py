@@ -50,7 +50,7 @@ def prepare_output(output: str | Path, overwrite: bool, work_dirs: Sequence[str]
     out = Path(output)
     if out.exists() and any(p.name not in work_dirs for p in out.iterdir()):
         if not overwrite:
-            raise OutputExistsError(f"{out} is not empty; pass --overwrite to replace it")
+            raise OutputExistsError(f"{out} is not empty; pass --overwrite to replace it, or --resume to continue it")
         for path in out.iterdir():
             if path.name not in work_dirs:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -411,8 +411,9 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             if hashlib.sha256(self.body).hexdigest() != oid:
                 raise HubError(400, f"sha256 of the uploaded content does not match {oid}")
             with self.hub.upload_lock:  # a slow link: one upload at a time, each taking `upload_delay`
-                time.sleep(self.hub.upload_delay)
-                if self.hub.upload_delay and self._client_gone():  # the transfer broke off: nothing is stored
+                if not self._client_gone():
+                    time.sleep(self.hub.upload_delay)
+                if self._client_gone():  # the transfer broke off: nothing is stored, as on a real server
                     self.hub.record("DISCARDED", f"/_lfs/{oid}", None)
                     self.close_connection = True
                     return None

@@ -18,6 +18,7 @@ from typing import Any
 
 import datasets
 import pytest
+import run_checks
 
 from mmsieve.executors import RAY_INSTALL_HINT, add_executor_arguments, executor_options, make_executor
 from mmsieve.filters import HygieneFilter, UniFilterScorer
@@ -27,7 +28,6 @@ from mmsieve.sample import ImageRef, Sample
 
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "hub_scripts"
-VOLATILE = ("seconds", "rows_per_second", "outputs", "tasks", "versions")  # what differs between two equal runs
 
 
 def recipe(name: str) -> ModuleType:
@@ -42,7 +42,7 @@ def kept(run_dir: Path) -> datasets.Dataset:
 
 
 def stable(stats: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in stats.items() if k not in VOLATILE}
+    return run_checks.stable(stats, "tasks")  # these tests compare runs of different task counts too
 
 
 @pytest.fixture(scope="module")

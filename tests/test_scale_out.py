@@ -6,6 +6,7 @@ commands (tests/fake_slurm.py), a local Ray cluster started here, the loopback H
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -19,6 +20,7 @@ from typing import Any
 import datasets
 import pytest
 from PIL import Image as PILImage
+from run_checks import stable
 
 from mmsieve.cli import main
 from mmsieve.dedup.run import run_dedup
@@ -30,7 +32,6 @@ from mmsieve.runner import run_steps
 
 
 MMSIEVE = str(Path(sys.executable).parent / "mmsieve")
-VOLATILE = ("seconds", "rows_per_second", "outputs", "versions")
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +62,6 @@ def rows(folder: Path, *columns: str) -> list[tuple]:
     """The rows of a run's parquet folder as sorted tuples of `columns` (order across task files ignored)."""
     table = datasets.load_dataset("parquet", data_dir=str(folder), split="train")
     return sorted(zip(*(table[c] for c in columns), strict=True))
-
-
-def stable(stats: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in stats.items() if k not in VOLATILE}
-    out["steps"] = [{k: v for k, v in step.items() if k not in VOLATILE} for step in stats.get("steps", [])]
-    return out
 
 
 # --- GPU placement ------------------------------------------------------------------------------------------------
@@ -225,20 +220,27 @@ def test_interrupted_publish_uploads_only_the_missing_shards(hub: Any, caption_s
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    hub.upload_delay = 0.0  # the uploads still queued find their client gone: discarded, as broken transfers
-    puts = sum(method == "PUT" and path.startswith("/_lfs/") for method, path in list(hub.requests))
-    deadline = time.monotonic() + 30
-    while sum(method in ("STORED", "DISCARDED") for method, _ in list(hub.requests)) < puts:
+    # the uploads still queued find their client gone and are discarded; wait until every one has been settled
+    settled_since, deadline = time.monotonic(), time.monotonic() + 30
+    while time.monotonic() - settled_since < 1.0:
+        log = list(hub.requests)
+        puts = sum(method == "PUT" and path.startswith("/_lfs/") for method, path in log)
+        if sum(method in ("STORED", "DISCARDED") for method, _ in log) < puts:
+            settled_since = time.monotonic()
         assert time.monotonic() < deadline, "uploads still in flight"
         time.sleep(0.05)
-    uploaded_before = set(stored())
-    assert 2 <= len(uploaded_before) < len(lfs_files)
+    assert len(stored()) >= 2
+    # objects are content-addressed and the loopback Hub is shared by the session: ask it what it holds now
+    objects = {f"/_lfs/{hashlib.sha256(p.read_bytes()).hexdigest()}" for p in lfs_files}
+    missing = {path for path in objects if not hub.store.has_blob(path.rsplit("/", 1)[1])}
+    assert set(stored()) <= objects - missing and 0 < len(missing) < len(objects)
     assert [c.title for c in hub.commits(repo)] == ["initial commit"]  # nothing half-published
 
+    hub.upload_delay = 0.0
     hub.reset_log()
     report = push_dataset(run, repo, max_shard_bytes=shard)
     uploads = {path for method, path in hub.requests if method == "PUT" and path.startswith("/_lfs/")}
-    assert len(uploads) == len(lfs_files) - len(uploaded_before) and not uploads & uploaded_before
+    assert uploads == missing  # only what the interrupted publish had not stored
     assert report["changed"] and len(hub.commits(repo)) == 2  # the seeding commit and this one
     files = hub.files(repo)
     assert {k: v for k, v in files.items() if k not in (MANIFEST, ".gitattributes")} == {
