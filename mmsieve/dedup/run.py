@@ -139,6 +139,7 @@ def run_dedup(
     filter_logs = {name: str(logs / f"filter-{name}") if logging_dir else None for name in names}
     stage3 = {name: [NearDuplicateFilter(str(work / "clusters"), name)] for name in names}
     readers = {name: SampleReader(source, progress=progress, **read) for name, source in zip(names, sources)}
+    filtered: dict[str, dict[str, Any] | None] = {}  # stage 3's stats, when this call ran it to the end
     if not finalize:
         options = {"workers": workers, "skip_completed": resume, "verbose": verbose, **resources}
         signatures, previous = {}, None
@@ -174,7 +175,7 @@ def run_dedup(
         if executor != "slurm":
             run_executor(clustering)
         for name, reader in readers.items():  # stage 3: every task drops its rows that are not keepers
-            run_pipeline(
+            filtered[name] = run_pipeline(
                 reader,
                 targets[name],
                 stage3[name],
@@ -195,7 +196,7 @@ def run_dedup(
     summary = json.loads((work / "clusters" / "summary.json").read_text())
     results = {}
     for name, reader in readers.items():
-        stats = collect_stats(reader, targets[name], stage3[name], logging_dir=filter_logs[name])
+        stats = filtered.get(name) or collect_stats(reader, targets[name], stage3[name], logging_dir=filter_logs[name])
         stats["dedup"] = {**summary, "embedder": embedder}
         (targets[name] / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
         results[name] = stats
