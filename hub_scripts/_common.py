@@ -112,19 +112,11 @@ def _display_path(script: str) -> str:
 
 def publish(args: argparse.Namespace, stats: dict[str, Any]) -> dict[str, Any] | None:
     """`--push-to`: publish `OUTPUT` (kept split, removed split with `--push-removed`, card, plots)."""
-    if not args.push_to:
-        return None
-    from mmsieve.hub.publish import push_dataset
+    from mmsieve.hub.commands import push_after_run, push_summary
 
-    report = push_dataset(  # the card names the source dataset and carries its license over
-        args.output,
-        args.push_to,
-        include_removed=args.push_removed,
-        private=args.private,
-        license=args.license,
-        pretty_name=args.pretty_name,
-    )
-    print(f"pushed:  {report['url']} ({'commit ' + report['commit'][:10] if report['changed'] else 'unchanged'})")
+    report = push_after_run(args, args.output)
+    if report is not None:
+        print(push_summary(report))
     return report
 
 

@@ -310,7 +310,7 @@ def _report(args: argparse.Namespace, stats: dict[str, Any] | None) -> int:
 
 def _push(args: argparse.Namespace, output: str) -> None:
     """`--push-to`: publish the output folder; a failure is one line and exit code 2 (the results stay on disk)."""
-    from mmsieve.hub.commands import push_after_run
+    from mmsieve.hub.commands import push_after_run, push_summary
     from mmsieve.hub.publish import PublishError
 
     try:
@@ -318,9 +318,7 @@ def _push(args: argparse.Namespace, output: str) -> None:
     except (PublishError, ValueError) as err:
         raise CliError(f"the run finished ({output}) but publishing failed: {err}") from None
     if report is not None:
-        print(
-            f"pushed:  {report['url']} ({'new commit ' + report['commit'][:10] if report['changed'] else 'unchanged'})"
-        )
+        print(push_summary(report))
 
 
 def _run_push_command(args: argparse.Namespace) -> int:

@@ -98,13 +98,37 @@ def check_run_dir(run_dir: str | Path) -> None:
 
 
 def push_after_run(args: argparse.Namespace, output: str | Path) -> dict[str, Any] | None:
-    """`--push-to`: publish a processing command's output folder; None when the option is not set."""
+    """`--push-to`: publish a processing command's (or recipe's) output folder; None when the option is not set.
+
+    `--license` and `--pretty-name` are used where the command has them (the recipes do).
+
+    Example:
+        >>> push_after_run(argparse.Namespace(push_to=None), "out") is None
+        True
+    """
     if not getattr(args, "push_to", None):
         return None
     from mmsieve.hub.publish import push_dataset
 
     check_run_dir(output)  # the card names the source datasets and carries their license over
-    return push_dataset(output, args.push_to, include_removed=args.push_removed, private=args.private)
+    return push_dataset(
+        output,
+        args.push_to,
+        include_removed=args.push_removed,
+        private=args.private,
+        license=getattr(args, "license", None),
+        pretty_name=getattr(args, "pretty_name", None),
+    )
 
 
-__all__ = ["add_commands", "add_push_arguments", "check_run_dir", "push_after_run", "run_push"]
+def push_summary(report: dict[str, Any]) -> str:
+    """The line printed after a publish: where it went and whether it made a commit.
+
+    Example:
+        >>> push_summary({"url": "https://huggingface.co/datasets/me/x", "commit": "0123456789abcdef", "changed": True})
+        'pushed:  https://huggingface.co/datasets/me/x (new commit 0123456789)'
+    """
+    return f"pushed:  {report['url']} ({'new commit ' + report['commit'][:10] if report['changed'] else 'unchanged'})"
+
+
+__all__ = ["add_commands", "add_push_arguments", "check_run_dir", "push_after_run", "push_summary", "run_push"]
